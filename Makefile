@@ -1,0 +1,45 @@
+# modelrollout — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RIG_DIR ?= $(CURDIR)/.rig
+export RIG_DIR
+
+.PHONY: help install lint test test-unit rig bench-server crds clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/modelrollout: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[server,operator,dev]'
+	touch $@
+
+install: $(BIN)/modelrollout ## create .venv with the project and all extras
+
+lint: install ## ruff + mypy --strict + hadolint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
+
+rig: ## build the test rig (control plane, kwok, helm, CRDs, Prometheus) into $(RIG_DIR)
+	bash tests/rig/build.sh
+
+test: install ## run the whole suite (builds the rig first when anything is missing)
+	bash tests/rig/build.sh --if-missing
+	$(BIN)/pytest
+
+test-unit: install ## unit tests only (no rig, no processes)
+	$(BIN)/pytest tests/unit
+
+bench-server: install ## side-by-side server benchmark: ours vs MLServer vs plain FastAPI+joblib
+	$(BIN)/python -m bench.server_bench
+
+clean: ## remove caches (not the rig)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist
+
+crds: install ## regenerate crds/ from model_operator/spec.py
+	$(BIN)/python -m model_operator.crdgen crds/modeldeployments.yaml

@@ -1,0 +1,29 @@
+"""The metric-provider interface (Flagger's ``RunQuery`` + ``IsOnline``, Argo's one-package-per-provider).
+
+ProviderError            the provider could not answer: unreachable, timeout, bad query
+└── ProviderUnavailable  the provider is down or unreachable (retrying later may help)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """The query could not be answered (not the same as "no data", which is ``None``)."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider is unreachable or timed out after retries."""
+
+
+class MetricProvider(Protocol):
+    name: str
+
+    def query(self, promql: str) -> float | None:
+        """One number, or None when the query matched no data. Idempotent; raises ProviderError."""
+        ...
+
+    def is_online(self) -> bool:
+        """Whether the provider answers at all. Idempotent; never raises."""
+        ...

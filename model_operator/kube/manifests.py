@@ -1,0 +1,133 @@
+"""Desired objects for one ModelDeployment, as plain dicts (pure functions, no API calls).
+
+Names: ``<md>-stable`` / ``<md>-canary`` Deployments and Services, ``<md>`` root Service (both
+tracks) and HTTPRoute. Pods run the model server as non-root with a read-only root filesystem and
+the ``restricted`` Pod Security profile's settings; the model digest is pinned in the arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from model_operator.spec import GROUP, KIND, VERSION, ModelDeploymentSpec, ModelRef
+
+TRACK_LABEL = f"{GROUP}/track"
+NAME_LABEL = "app.kubernetes.io/name"
+DIGEST_ANNOTATION = f"{GROUP}/digest"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout"}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment every generated object belongs to (deleting it deletes them)."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {NAME_LABEL: self.name, **MANAGED_BY, **(labels or {})},
+            "ownerReferences": [self.reference()],
+        }
+
+    def object_name(self, track: str | None = None) -> str:
+        return f"{self.name}-{track}" if track else self.name
+
+
+def selector(owner: Owner, track: str | None) -> dict[str, str]:
+    return {NAME_LABEL: owner.name, **({TRACK_LABEL: track} if track else {})}
+
+
+def deployment(owner: Owner, spec: ModelDeploymentSpec, model: ModelRef, track: str, replicas: int) -> dict[str, Any]:
+    labels = selector(owner, track)
+    args = [model.uri, "--host", "0.0.0.0", "--port", str(spec.port), "--track", track]
+    args += ["--expected-digest", model.digest]
+    if model.trust_pickle:
+        args.append("--trust-pickle")
+    probe = {"httpGet": {"port": "http"}, "periodSeconds": 5, "timeoutSeconds": 2}
+    container = {
+        "name": "model-server",
+        "image": spec.image,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": spec.port}],
+        "env": spec.env,
+        "resources": spec.resources,
+        "readinessProbe": {**probe, "httpGet": {"path": "/health/ready", "port": "http"}},
+        "livenessProbe": {**probe, "httpGet": {"path": "/health/live", "port": "http"}, "failureThreshold": 6},
+        "startupProbe": {**probe, "httpGet": {"path": "/health/live", "port": "http"}, "failureThreshold": 60},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": owner.metadata(owner.object_name(track), labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": {**labels, "model": model.name, "version": model.version},
+                    "annotations": {DIGEST_ANNOTATION: model.digest, "prometheus.io/scrape": "true"},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                },
+            },
+        },
+    }
+
+
+def service(owner: Owner, spec: ModelDeploymentSpec, track: str | None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.metadata(owner.object_name(track), selector(owner, track)),
+        "spec": {
+            "selector": selector(owner, track),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def deployment_serving(obj: dict[str, Any] | None) -> str | None:
+    """The digest a Deployment is fully rolled out to and available with, else None."""
+    if obj is None:
+        return None
+    spec, status = obj.get("spec", {}), obj.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    rolled_out = (
+        status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+        and status.get("updatedReplicas", 0) >= wanted
+        and status.get("availableReplicas", 0) >= wanted
+    )
+    digest: str | None = spec["template"]["metadata"].get("annotations", {}).get(DIGEST_ANNOTATION)
+    return digest if rolled_out else None

@@ -1,0 +1,154 @@
+"""One operator tick for one ModelDeployment: observe → (analyse) → decide → apply → record.
+
+Everything the state machine needs is read first; the decision is pure; applying it is idempotent
+(server-side apply of desired objects), so a tick can be repeated or resumed after a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_operator.analysis.base import MetricProvider
+from model_operator.analysis.checks import run_analysis
+from model_operator.kube import manifests
+from model_operator.kube.client import Kube
+from model_operator.metrics import OperatorMetrics
+from model_operator.rollout.machine import analysis_due, decide
+from model_operator.rollout.types import Command, Decision, Desired, Event, Observation, format_time, parse_time
+from model_operator.spec import (
+    GROUP,
+    KIND,
+    VERSION,
+    Condition,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Phase,
+)
+from model_operator.traffic import router_for
+
+API_VERSION = f"{GROUP}/{VERSION}"
+COMMAND_PREFIX = f"{GROUP}/"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    status: ModelDeploymentStatus
+    decision: Decision
+    events: list[Event] = field(default_factory=list)
+
+
+def commands_from(annotations: dict[str, str]) -> dict[Command, str]:
+    return {c: annotations[COMMAND_PREFIX + c.value] for c in Command if COMMAND_PREFIX + c.value in annotations}
+
+
+def conditions(status: ModelDeploymentStatus, generation: int, now: dt.datetime) -> list[Condition]:
+    """Available / Progressing / Degraded per API conventions; lastTransitionTime kept while status holds."""
+    phase = status.phase
+    wanted = {
+        "Available": (status.stable is not None and phase is not Phase.INITIALIZING, "StableServing"),
+        "Progressing": (phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING), phase or ""),
+        "Degraded": (phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILED), phase or ""),
+    }
+    previous = {c.type: c for c in status.conditions}
+    out = []
+    for kind, (true, reason) in wanted.items():
+        value = "True" if true else "False"
+        before = previous.get(kind)
+        since = before.last_transition_time if before and before.status == value else format_time(now)
+        out.append(
+            Condition(
+                type=kind,
+                status=value,
+                reason=str(reason) or "None",
+                message=status.message or "",
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        provider_for: Callable[[ModelDeploymentSpec], MetricProvider],
+        metrics: OperatorMetrics,
+    ) -> None:
+        self.kube = kube
+        self.provider_for = provider_for
+        self.metrics = metrics
+
+    def tick(self, body: dict[str, Any], now: dt.datetime) -> TickResult:
+        meta = body["metadata"]
+        owner = manifests.Owner(meta["namespace"], meta["name"], meta["uid"])
+        spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+        router = router_for(spec.traffic.provider, self.kube)
+
+        stable_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("stable"))
+        analysis = None
+        if status.canary is not None and analysis_due(spec, status, now):
+            analysis = run_analysis(spec, status.canary, status.stable, self.provider_for(spec), now)
+        obs = Observation(
+            generation=meta.get("generation", 0),
+            stable_serving=manifests.deployment_serving(stable_obj),
+            traffic_weight=router.current_weight(owner),
+            commands=commands_from(meta.get("annotations") or {}),
+            analysis=analysis,
+        )
+        decision, new = decide(spec, status, obs, now)
+        if decision.desired is not None:
+            self.apply(owner, spec, decision.desired, new.phase, router)
+        new.traffic_note = router.note()
+        new.conditions = conditions(new, obs.generation, now)
+        # a merge patch: cleared fields must be sent as null to be removed, so None is kept here
+        self.kube.patch_status(
+            API_VERSION, KIND, owner.namespace, owner.name, new.model_dump(mode="json", by_alias=True)
+        )
+        self.record(owner, status, new, analysis is not None, now)
+        return TickResult(new, decision, decision.events)
+
+    def apply(
+        self, owner: manifests.Owner, spec: ModelDeploymentSpec, desired: Desired, phase: Phase | None, router: Any
+    ) -> None:
+        stable_replicas, canary_replicas = router.replicas(
+            spec.replicas, desired.canary_weight, desired.canary is not None
+        )
+        if phase is Phase.PROMOTING:
+            stable_replicas = spec.replicas  # the new stable must be fully up before traffic returns to it
+        kube = self.kube
+        kube.apply(manifests.deployment(owner, spec, desired.stable, "stable", stable_replicas))
+        if desired.canary is not None:
+            kube.apply(manifests.deployment(owner, spec, desired.canary, "canary", canary_replicas))
+        elif kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("canary")) is not None:
+            kube.apply(manifests.deployment(owner, spec, desired.stable, "canary", 0))
+        for track in (None, "stable", "canary"):
+            kube.apply(manifests.service(owner, spec, track))
+        router.set_weight(owner, spec, desired.canary_weight)
+
+    def record(
+        self,
+        owner: manifests.Owner,
+        before: ModelDeploymentStatus,
+        after: ModelDeploymentStatus,
+        analysed: bool,
+        now: dt.datetime,
+    ) -> None:
+        m = self.metrics
+        m.set_phase(owner.namespace, owner.name, after.phase)
+        m.weight.labels(owner.namespace, owner.name).set(after.canary_weight)
+        if after.phase is not None and after.phase != before.phase:
+            m.transitions.labels(owner.namespace, owner.name, after.phase.value).inc()
+        if analysed:
+            for result in after.analysis:
+                if result.time == format_time(now):  # the checks of this tick share its timestamp
+                    m.analysis.labels(owner.namespace, owner.name, result.check, result.verdict.value).inc()
+        started = parse_time(after.rollback_started_at)
+        if after.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK and started is not None:
+            m.rollback_seconds.labels(owner.namespace, owner.name).observe((now - started).total_seconds())

@@ -1,0 +1,334 @@
+"""The ModelDeployment resource: pydantic models of its spec and status — the single source of truth.
+
+``make crds`` turns these models into ``crds/modeldeployments.yaml`` (see ``crdgen.py``); rules the
+OpenAPI schema can't state travel with each model as CEL ``x-kubernetes-validations`` with human
+messages. Field names are camelCase on the wire, as Kubernetes users expect.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from itertools import pairwise
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from model_operator.durations import DURATION_PATTERN, parse_duration
+
+GROUP = "modelrollout.io"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SHORT_NAMES = ["md", "mdeploy"]
+DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
+RECENT_ANALYSIS_LIMIT = 10
+
+
+def cel(rule: str, message: str) -> JsonDict:
+    return {"rule": rule, "message": message}
+
+
+class Model(BaseModel):
+    """Base for every CRD model: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Duration = str
+
+
+class ModelRef(Model):
+    """Which model bundle to serve, pinned by digest."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63, description="Model name (model.json).")
+    version: str = Field(
+        pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,62}$", description="Model version (model.json); a label value."
+    )
+    uri: str = Field(
+        pattern=r"^(https?|file)://.+", max_length=2048, description="Bundle directory URI: http(s):// or file://."
+    )
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the model file; the server refuses others.")
+    format: Literal["skops", "joblib"] = Field(default="skops", description="joblib needs trustPickle.")
+    trust_pickle: bool = Field(default=False, description="Allow a joblib/pickle bundle (it can run code).")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.format != 'joblib' || self.trustPickle", "format joblib requires trustPickle: true")
+            ]
+        }
+    )
+
+    def same_artifact(self, other: ModelRef | None) -> bool:
+        return other is not None and self.digest == other.digest and self.version == other.version
+
+
+class Pause(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.duration) || duration(self.duration) > duration('0s')",
+                    "durations must be greater than 0",
+                )
+            ]
+        }
+    )
+
+    duration: Duration | None = Field(
+        default=None, pattern=DURATION_PATTERN, description="Wait this long; absent means until promoted."
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def positive(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) <= 0:
+            raise ValueError("pause duration must be greater than 0")
+        return value
+
+
+class CanaryStep(Model):
+    """Exactly one of ``setWeight`` and ``pause``."""
+
+    set_weight: int | None = Field(default=None, ge=1, le=100, description="Canary share of traffic, percent.")
+    pause: Pause | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.setWeight) != has(self.pause)", "each step is either setWeight or pause, not both")
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def exactly_one(self) -> CanaryStep:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("each step is either setWeight or pause, not both")
+        return self
+
+
+_WEIGHTS = "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight)"
+DEFAULT_STEPS = [
+    CanaryStep(set_weight=5),
+    CanaryStep(pause=Pause(duration="30s")),
+    CanaryStep(set_weight=25),
+    CanaryStep(pause=Pause(duration="30s")),
+    CanaryStep(set_weight=50),
+    CanaryStep(pause=Pause(duration="30s")),
+    CanaryStep(set_weight=100),
+]
+
+
+class CanaryStrategy(Model):
+    steps: list[CanaryStep] = Field(default_factory=lambda: list(DEFAULT_STEPS), min_length=1, max_length=50)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"{_WEIGHTS}.size() > 0 && {_WEIGHTS}[{_WEIGHTS}.size() - 1] == 100",
+                    "the last setWeight step must be 100",
+                ),
+                cel(f"{_WEIGHTS}.all(i, v, i == 0 || {_WEIGHTS}[i - 1] < v)", "setWeight values must rise strictly"),
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def weights_rise_to_100(self) -> CanaryStrategy:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        if not weights or weights[-1] != 100:
+            raise ValueError("the last setWeight step must be 100")
+        if any(b <= a for a, b in pairwise(weights)):
+            raise ValueError(f"setWeight values must rise strictly, got {weights}")
+        return self
+
+    @property
+    def weights(self) -> list[int]:
+        return [s.set_weight for s in self.steps if s.set_weight is not None]
+
+
+class Strategy(Model):
+    type: Literal["Canary"] = "Canary"
+    canary: CanaryStrategy = Field(default_factory=CanaryStrategy)
+
+
+class ParentRef(Model):
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+
+
+class GatewayAPITraffic(Model):
+    parent_refs: list[ParentRef] = Field(default_factory=list, description="Gateways the HTTPRoute attaches to.")
+    hostnames: list[str] = Field(default_factory=list)
+
+
+class Traffic(Model):
+    provider: Literal["gatewayAPI", "replicas"] = Field(
+        default="gatewayAPI", description="gatewayAPI: HTTPRoute weights; replicas: weight ≈ canary pods share."
+    )
+    gateway_api: GatewayAPITraffic = Field(default_factory=GatewayAPITraffic, alias="gatewayAPI")
+
+
+class SLO(Model):
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Largest tolerated 5xx share of requests.")
+    max_latency_p95: Duration | None = Field(default="250ms", pattern=DURATION_PATTERN)
+    max_latency_p99: Duration | None = Field(default=None, pattern=DURATION_PATTERN)
+
+
+class MetricCheck(Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    query: str = Field(min_length=1, max_length=4096, description="PromQL returning one number.")
+    min: float | None = None
+    max: float | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.min) || has(self.max)", "a metric check needs min, max or both"),
+                cel("!has(self.min) || !has(self.max) || self.min <= self.max", "min must not exceed max"),
+            ]
+        }
+    )
+
+
+class PrometheusConfig(Model):
+    address: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://.+", max_length=2048
+    )
+
+
+class Analysis(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "duration(self.interval) > duration('0s') && duration(self.window) > duration('0s')",
+                    "durations must be greater than 0",
+                )
+            ]
+        }
+    )
+
+    interval: Duration = Field(
+        default="20s",
+        pattern=DURATION_PATTERN,
+        description="Time between analyses (two failed 20 s analyses keep rollback under 60 s).",
+    )
+    window: Duration = Field(default="1m", pattern=DURATION_PATTERN, description="PromQL rate window.")
+    failure_limit: int = Field(default=2, ge=1, le=100, description="Failed analyses in a row before rollback.")
+    min_requests: int = Field(default=20, ge=0, description="Fewer canary requests in the window is inconclusive.")
+    inconclusive_limit: int = Field(
+        default=10, ge=1, le=1000, description="Inconclusive analyses in a row before onNoData applies."
+    )
+    on_no_data: Literal["pause", "rollback", "continue"] = Field(
+        default="pause", description="What to do when metrics are missing: pause (hold), rollback, continue."
+    )
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    slo: SLO = Field(default_factory=SLO)
+    metrics: list[MetricCheck] = Field(default_factory=list, max_length=20)
+
+    @field_validator("interval", "window")
+    @classmethod
+    def positive(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class ModelDeploymentSpec(Model):
+    model: ModelRef
+    image: str = Field(min_length=1, max_length=1024, description="Model-server image; pin it by digest.")
+    replicas: int = Field(default=2, ge=1, le=1000)
+    port: int = Field(default=8080, ge=1024, le=65535)
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    )
+    env: list[dict[str, str]] = Field(default_factory=list)
+    strategy: Strategy = Field(default_factory=Strategy)
+    traffic: Traffic = Field(default_factory=Traffic)
+    analysis: Analysis = Field(default_factory=Analysis)
+
+
+class Phase(StrEnum):
+    """Where a rollout is. Allowed transitions live in ``rollout.machine.TRANSITIONS``."""
+
+    INITIALIZING = "Initializing"
+    """First model of this resource: deploying it as stable, no analysis."""
+    PROGRESSING = "Progressing"
+    """A canary is receiving a step's weight and being analysed."""
+    PAUSED = "Paused"
+    """Held: by a pause step without duration, by the pause annotation, or by missing metrics."""
+    PROMOTING = "Promoting"
+    """The canary passed every step; it is becoming stable (100% weight, stable Deployment updated)."""
+    SUCCEEDED = "Succeeded"
+    """The spec's model is stable and takes all traffic."""
+    ROLLING_BACK = "RollingBack"
+    """Analysis failed or the rollout was aborted; traffic is returning to stable."""
+    ROLLED_BACK = "RolledBack"
+    """Stable takes all traffic again; the canary stays down until the spec changes or retry."""
+    FAILED = "Failed"
+    """Nothing can be done without a new spec (e.g. the model can't be served at all)."""
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"  # noqa: S105 - a verdict, not a password
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class CheckResult(Model):
+    """One analysis check, kept in status so `kubectl get -o yaml` shows why a rollout moved."""
+
+    time: str
+    check: str
+    verdict: Verdict
+    value: float | None = None
+    limit: str | None = None
+    query: str | None = None
+    message: str | None = None
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class ModelDeploymentStatus(Model):
+    phase: Phase | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    stable: ModelRef | None = None
+    canary: ModelRef | None = None
+    stable_version: str | None = Field(default=None, description="For printer columns.")
+    canary_version: str | None = Field(default=None, description="For printer columns.")
+    canary_weight: int = Field(default=0, ge=0, le=100)
+    current_step: int = Field(default=0, ge=0)
+    step_started_at: str | None = None
+    last_analysis_at: str | None = None
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    first_failure_at: str | None = Field(default=None, description="Start of the failing streak (rollback timing).")
+    rollback_started_at: str | None = None
+    aborted: bool = False
+    paused_by_user: bool = False
+    traffic_note: str | None = None
+    handled_commands: dict[str, str] = Field(
+        default_factory=dict, description="Last handled stamp per command annotation, so each runs once."
+    )
+    analysis: list[CheckResult] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="ignore")

@@ -1,0 +1,42 @@
+"""Replica ratio: for clusters with neither a Gateway nor a mesh. The root Service selects both tracks,
+so the canary's share of traffic is roughly its share of ready pods — coarse, and said so in status."""
+
+from __future__ import annotations
+
+from model_operator.kube.client import Kube
+from model_operator.kube.manifests import Owner
+from model_operator.spec import ModelDeploymentSpec
+
+
+def split(total: int, weight: int) -> tuple[int, int]:
+    """(stable, canary) pods whose ratio is closest to ``weight``; stable keeps ≥1 pod below 100%."""
+    if weight <= 0:
+        return total, 0
+    if weight >= 100:
+        return 0, total
+    canary = min(total - 1, max(1, round(total * weight / 100)))
+    return total - canary, canary
+
+
+class ReplicaRouter:
+    name = "replicas"
+
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+
+    def set_weight(self, owner: Owner, spec: ModelDeploymentSpec, weight: int) -> None:
+        """Nothing to route: the Deployments' replica counts (see ``replicas``) are the weights."""
+
+    def current_weight(self, owner: Owner) -> int | None:
+        counts = []
+        for track in ("stable", "canary"):
+            found = self._kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track))
+            counts.append(0 if found is None else int(found.get("spec", {}).get("replicas", 0)))
+        total = sum(counts)
+        return None if total == 0 else round(100 * counts[1] / total)
+
+    def replicas(self, total: int, weight: int, canary_present: bool) -> tuple[int, int]:
+        return split(total, weight if canary_present else 0)
+
+    def note(self) -> str | None:
+        return "replica-ratio routing: the canary weight is approximated by its share of pods"

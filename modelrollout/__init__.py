@@ -1,0 +1,3 @@
+"""The ``modelrollout`` command line: the one CLI users learn (train, serve, and rollout control)."""
+
+__all__: list[str] = []

@@ -1,0 +1,184 @@
+"""Pieces of the operator integration tests: the operator process, a weighted load generator that acts
+as the gateway (it reads the HTTPRoute weights from the API server), and polling helpers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from kubernetes import client as k8s
+
+from tests.support.servers import REPO, free_port
+
+T = TypeVar("T")
+ROW = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2}
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class OperatorProcess:
+    """``kopf run`` of our handlers, authenticated by ``kubeconfig`` (a ServiceAccount token)."""
+
+    kubeconfig: Path
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELROLLOUT_METRICS_PORT": str(self.metrics_port),
+            "MODELROLLOUT_MAX_TICK_SECONDS": "0.5",
+            "MODELROLLOUT_IDLE_TICK_SECONDS": "1",
+            "MODELROLLOUT_PROMETHEUS_RETRIES": "0",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "kopf",
+            "run",
+            "--standalone",
+            "--all-namespaces",
+            "-m",
+            "model_operator.handlers",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        wait_for(self._metrics_up, 60, "operator metrics endpoint")
+        return self
+
+    def _metrics_up(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, no state flushed — a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class WeightedLoad:
+    """Sends ``rate`` requests/s to the stable or canary server, split by the HTTPRoute's weights.
+
+    This is the gateway's job in a real cluster; here it is the only thing not done by a real
+    component. Bounded: it stops after ``max_seconds`` even if nobody calls ``stop``.
+    """
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        namespace: str,
+        route: str,
+        backends: dict[str, str],
+        rate: float = 40.0,
+        max_seconds: float = 240.0,
+        senders: int = 4,
+    ) -> None:
+        self._custom = k8s.CustomObjectsApi(api)
+        self.namespace, self.route, self.backends = namespace, route, backends
+        self.rate, self.max_seconds = rate, max_seconds
+        self.sent: Counter[tuple[str, int]] = Counter()
+        self.weights: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+        self._weights: dict[str, int] = {}
+        self._senders = senders
+        self._threads = [threading.Thread(target=self._watch, daemon=True)]
+        self._threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(senders)]
+
+    def start(self) -> WeightedLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.ident is not None:  # started
+                thread.join(10)
+
+    def canary_weight(self) -> int | None:
+        total = sum(self._weights.values())
+        return None if not total else round(100 * self._weights.get("canary", 0) / total)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                route: dict[str, Any] = self._custom.get_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.route
+                )
+                refs = [r for rule in route["spec"]["rules"] for r in rule["backendRefs"]]
+                self._weights = {r["name"].rsplit("-", 1)[-1]: int(r.get("weight", 1)) for r in refs}
+                self.weights.append((time.monotonic(), self.canary_weight() or 0))
+            except k8s.ApiException:
+                pass
+            self._stop.wait(0.25)
+
+    def _send(self, seed: int) -> None:
+        rng = random.Random(seed)
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                weights = dict(self._weights) or {"stable": 100}
+                total = sum(weights.values()) or 1
+                pick = rng.uniform(0, total)
+                track = "stable"
+                for name, weight in weights.items():
+                    pick -= weight
+                    if pick <= 0 and weight > 0:
+                        track = name
+                        break
+                url = self.backends.get(track)
+                if url is not None:
+                    try:
+                        status = client.post(f"{url}/predict", json=ROW).status_code
+                    except Exception as exc:  # a sender must never die: record and go on
+                        self.errors.append(repr(exc))
+                        status = 599
+                    with self._lock:
+                        self.sent[(track, status)] += 1
+                self._stop.wait(max(0.0, self._senders / self.rate - (time.monotonic() - started)))

@@ -1,0 +1,74 @@
+"""Invariants of the state machine over random rollouts (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_operator.rollout.machine import decide
+from model_operator.rollout.types import Command, Observation
+from model_operator.spec import Phase, Verdict
+from tests.unit.operator.machine_helpers import Driver, make_spec, outcome
+
+ticks = st.lists(
+    st.tuples(
+        st.sampled_from([None, *Verdict]),
+        st.one_of(st.none(), st.sampled_from(list(Command))),
+        st.floats(0, 90),
+        st.sampled_from(["2.0.0", "2.0.0", "2.0.0", "3.0.0", "1.0.0"]),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def rollout(driver: Driver, plan: list[tuple[Verdict | None, Command | None, float, str, bool]]) -> None:
+    for i, (verdict, command, advance, version, available) in enumerate(plan):
+        driver.spec = make_spec(version, onNoData="continue" if i % 2 else "pause")
+        driver.stable_available = available
+        before = driver.status.model_copy(deep=True)
+        status = driver.tick(verdict, {command: str(i)} if command else None, advance)
+        check_invariants(before, status, command)
+
+
+def check_invariants(before, status, command) -> None:  # type: ignore[no-untyped-def]
+    assert 0 <= status.canary_weight <= 100
+    if status.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):
+        assert status.canary_weight == 0
+    same_canary = before.canary is not None and status.canary is not None and before.canary == status.canary
+    if same_canary and status.phase not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):
+        assert status.canary_weight >= before.canary_weight, "weight only rises except on rollback"
+    if status.phase is Phase.PROMOTING and before.phase is not Phase.PROMOTING and command is not Command.PROMOTE:
+        assert status.consecutive_failures == 0
+        assert status.analysis and status.analysis[-1].verdict is Verdict.PASS, "never promote past a failed analysis"
+    if status.phase is Phase.SUCCEEDED:
+        assert status.canary is None and status.canary_weight == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=ticks)
+def test_invariants_hold_over_random_rollouts(plan) -> None:  # type: ignore[no-untyped-def]
+    driver = Driver(make_spec("1.0.0"))
+    driver.tick()
+    driver.tick(advance=1)
+    rollout(driver, plan)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=ticks, verdict=st.sampled_from(list(Verdict)), command=st.sampled_from([None, *Command]))
+def test_applying_the_same_observation_twice_changes_nothing(plan, verdict, command) -> None:  # type: ignore[no-untyped-def]
+    driver = Driver(make_spec("1.0.0"))
+    driver.tick()
+    driver.tick(advance=1)
+    rollout(driver, plan)
+    serving = driver.status.stable.digest if driver.status.stable else None
+    obs = Observation(
+        1, serving, driver.status.canary_weight, {command: "same"} if command else {}, outcome(verdict, driver.now)
+    )
+    _, once = decide(driver.spec, driver.status, obs, driver.now)
+    decision, twice = decide(driver.spec, once, obs, driver.now)
+    assert twice.model_dump() == once.model_dump(), {
+        k: (v, twice.model_dump()[k]) for k, v in once.model_dump().items() if twice.model_dump()[k] != v
+    }
+    assert decision.events == []

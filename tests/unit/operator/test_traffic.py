@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from model_operator.kube import manifests
+from model_operator.traffic import router_for
+from model_operator.traffic.gateway_api import GatewayAPIRouter, canary_weight, httproute
+from model_operator.traffic.replicas import split
+from tests.unit.operator.machine_helpers import make_spec
+
+OWNER = manifests.Owner("models", "iris", "uid-1")
+
+
+class FakeKube:
+    """Records applies and answers gets from what was applied (enough for the routers)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def patch_status(self, *args: Any) -> None: ...
+
+    def patch_metadata(self, *args: Any) -> None: ...
+
+
+@pytest.mark.parametrize("weight", [0, 5, 50, 100])
+def test_httproute_weights_round_trip(weight: int) -> None:
+    kube = FakeKube()
+    router = GatewayAPIRouter(kube)
+    assert router.current_weight(OWNER) is None
+    router.set_weight(OWNER, make_spec(), weight)
+    route = kube.objects[("HTTPRoute", "iris")]
+    assert route["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert canary_weight(route, "iris-canary") == weight
+    assert router.current_weight(OWNER) == weight
+
+
+def test_httproute_carries_parent_refs_and_hostnames() -> None:
+    spec = make_spec().model_copy(deep=True)
+    spec = spec.model_validate(
+        {**spec.wire(), "traffic": {"gatewayAPI": {"parentRefs": [{"name": "gw"}], "hostnames": ["iris.example"]}}}
+    )
+    route = httproute(OWNER, spec, 10)
+    assert route["spec"]["parentRefs"] == [{"name": "gw"}] and route["spec"]["hostnames"] == ["iris.example"]
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "expected"),
+    [(4, 0, (4, 0)), (4, 5, (3, 1)), (4, 50, (2, 2)), (4, 99, (1, 3)), (4, 100, (0, 4)), (1, 50, (1, 0))],
+)
+def test_replica_split(total: int, weight: int, expected: tuple[int, int]) -> None:
+    assert split(total, weight) == expected
+
+
+def test_gateway_router_keeps_stable_full_size() -> None:
+    router = router_for("gatewayAPI", FakeKube())
+    assert router.replicas(4, 5, True) == (4, 1)
+    assert router.replicas(4, 100, True) == (4, 4)
+    assert router.replicas(4, 0, False) == (4, 0)
+    assert router.note() is None
+    assert router_for("replicas", FakeKube()).note()
+
+
+def test_deployment_is_restricted_and_pinned() -> None:
+    spec = make_spec("2.0.0")
+    deployment = manifests.deployment(OWNER, spec, spec.model, "canary", 2)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--expected-digest" in container["args"] and spec.model.digest in container["args"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["template"]["metadata"]["annotations"][manifests.DIGEST_ANNOTATION] == spec.model.digest
+    assert manifests.deployment_serving(deployment) is None  # no status yet: not serving
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {"observedGeneration": 1, "updatedReplicas": 2, "availableReplicas": 2}
+    assert manifests.deployment_serving(deployment) == spec.model.digest

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from model_server.batching import Matrix, MicroBatcher
+
+
+def test_concurrent_requests_share_one_call_and_keep_their_rows() -> None:
+    calls: list[int] = []
+
+    def predict(rows: Matrix) -> Matrix:
+        calls.append(len(rows))
+        return rows * 2
+
+    async def scenario() -> list[Matrix]:
+        batcher = MicroBatcher(predict, max_rows=100)
+        requests = [np.full((i + 1, 2), float(i)) for i in range(5)]
+        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+
+    results = asyncio.run(scenario())
+    assert calls == [15]
+    for i, result in enumerate(results):
+        assert result.shape == (i + 1, 2) and np.all(result == 2 * i)
+
+
+def test_batches_are_bounded_and_a_lone_request_is_served_at_once() -> None:
+    calls: list[int] = []
+
+    def predict(rows: Matrix) -> Matrix:
+        calls.append(len(rows))
+        return rows
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predict, max_rows=4)
+        await asyncio.gather(*(batcher.submit(np.zeros((1, 1))) for _ in range(10)))
+        await batcher.submit(np.zeros((1, 1)))
+
+    asyncio.run(scenario())
+    assert calls == [4, 4, 2, 1]
+
+
+def test_engine_errors_reach_every_request_of_the_batch() -> None:
+    def predict(rows: Matrix) -> Matrix:
+        raise ValueError("engine broke")
+
+    async def scenario() -> list[BaseException | Matrix]:
+        batcher = MicroBatcher(predict, max_rows=10)
+        return await asyncio.gather(*(batcher.submit(np.zeros((1, 1))) for _ in range(3)), return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+def test_on_batch_sees_rows_and_results() -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(lambda rows: rows + 1, max_rows=10, on_batch=lambda r, p: seen.append((len(r), len(p))))
+        await asyncio.gather(batcher.submit(np.zeros((2, 1))), batcher.submit(np.zeros((3, 1))))
+
+    asyncio.run(scenario())
+    assert seen == [(5, 5)]
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_results_are_independent_arrays(rows: int) -> None:
+    async def scenario() -> Matrix:
+        return await MicroBatcher(lambda m: m.copy(), max_rows=10).submit(np.ones((rows, 3)))
+
+    assert asyncio.run(scenario()).shape == (rows, 3)
