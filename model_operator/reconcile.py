@@ -92,6 +92,7 @@ class Reconciler:
         router = router_for(spec.traffic.provider, self.kube)
 
         stable_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("stable"))
+        canary_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("canary"))
         analysis = None
         if status.canary is not None and analysis_due(spec, status, now):
             analysis = run_analysis(spec, status.canary, status.stable, self.provider_for(spec), now)
@@ -101,6 +102,7 @@ class Reconciler:
             traffic_weight=router.current_weight(owner),
             commands=commands_from(meta.get("annotations") or {}),
             analysis=analysis,
+            canary_serving=manifests.deployment_serving(canary_obj),
         )
         decision, new = decide(spec, status, obs, now)
         if decision.desired is not None:

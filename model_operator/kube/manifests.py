@@ -119,15 +119,21 @@ def service(owner: Owner, spec: ModelDeploymentSpec, track: str | None) -> dict[
 
 
 def deployment_serving(obj: dict[str, Any] | None) -> str | None:
-    """The digest a Deployment is fully rolled out to and available with, else None."""
+    """The digest a Deployment is fully rolled out to and available with, else None.
+
+    The same test as ``kubectl rollout status``: the controller saw the latest spec, every wanted replica
+    is updated and available, and no pod of an older template is left (it would still answer requests).
+    """
     if obj is None:
         return None
     spec, status = obj.get("spec", {}), obj.get("status") or {}
     wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
     rolled_out = (
         status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
-        and status.get("updatedReplicas", 0) >= wanted
-        and status.get("availableReplicas", 0) >= wanted
+        and updated >= wanted
+        and status.get("replicas", 0) <= updated
+        and status.get("availableReplicas", 0) >= updated
     )
     digest: str | None = spec["template"]["metadata"].get("annotations", {}).get(DIGEST_ANNOTATION)
     return digest if rolled_out else None

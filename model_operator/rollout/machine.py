@@ -133,7 +133,7 @@ def decide(
             return outcome
 
     if new.phase is Phase.PROGRESSING:
-        if _advance(spec, new, now, events):
+        if _advance(spec, new, obs, now, events):
             return _begin_promotion(new, obs, f"all {len(spec.strategy.canary.steps)} steps passed", events)
         requeue = min(requeue, _pause_remaining(spec, new, now))
     return _done(new, events, max(requeue, 0.5))
@@ -300,11 +300,16 @@ def _pause_remaining(spec: ModelDeploymentSpec, new: ModelDeploymentStatus, now:
     return pause - (now - started).total_seconds()
 
 
-def _advance(spec: ModelDeploymentSpec, new: ModelDeploymentStatus, now: dt.datetime, events: list[Event]) -> bool:
+def _advance(
+    spec: ModelDeploymentSpec, new: ModelDeploymentStatus, obs: Observation, now: dt.datetime, events: list[Event]
+) -> bool:
     """Move through as many steps as are complete right now; True when promotion begins."""
     steps = spec.strategy.canary.steps
     while new.phase is Phase.PROGRESSING:
         if new.canary_weight != step_weight(spec, new.current_step):
+            if new.canary is not None and obs.canary_serving != new.canary.digest:
+                new.message = f"waiting for the canary {new.canary.version} pods to be available"
+                return False
             new.canary_weight = step_weight(spec, new.current_step)
             new.step_started_at = format_time(now)
             events.append(

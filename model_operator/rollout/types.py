@@ -47,6 +47,9 @@ class Observation:
     """Pending commands and their stamps; a stamp already in status is ignored (idempotent)."""
     analysis: AnalysisOutcome | None = None
     """Present only when an analysis was due and ran."""
+    canary_serving: str | None = None
+    """Digest the canary Deployment is rolled out to and available with; traffic only rises when it
+    equals the canary's (no weight is ever sent to pods that cannot answer)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from model_server.bundle import ModelManifest
 from model_server.training import load_config, train
 from tests.conftest import EXAMPLES
 from tests.rig import Cluster, Prometheus
+from tests.support.diagnostics import describe_workloads
 from tests.support.rollouts import OperatorProcess, WeightedLoad, wait_for
 from tests.support.servers import REPO, ServerProcess
 
@@ -202,11 +203,14 @@ def test_good_canary_walks_every_step_and_becomes_stable(rig: Rig, scenario: Cal
         rig.md("good")["spec"]["model"]["digest"].removeprefix("sha256:")
     )
     assert state["canary"]["spec"]["replicas"] == 0, "old version scaled away"
-    wait_for(
-        lambda: (deployments(rig, "good")["stable"]["status"]["available_replicas"] or 0) == 2,
-        60,
-        "stable pods Ready under kwok",
-    )
+    try:
+        wait_for(
+            lambda: (deployments(rig, "good")["stable"]["status"]["available_replicas"] or 0) == 2,
+            90,
+            "stable pods Ready under kwok",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{describe_workloads(rig.cluster.api_client, NAMESPACE, 'good-')}") from None
     reasons = {e.reason for e in k8s.CoreV1Api(rig.cluster.api_client).list_namespaced_event(NAMESPACE).items
                if e.involved_object.name == "good"}  # fmt: skip
     assert {"Progressing", "StepStarted", "Promoting", "Succeeded"} <= reasons

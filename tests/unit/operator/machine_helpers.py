@@ -38,6 +38,7 @@ class Driver:
     status: ModelDeploymentStatus = field(default_factory=ModelDeploymentStatus)
     now: dt.datetime = T0
     stable_available: bool = True
+    canary_available: bool = True
     last: Decision | None = None
     history: list[ModelDeploymentStatus] = field(default_factory=list)
 
@@ -49,7 +50,9 @@ class Driver:
         if verdict is not None and analysis_due(self.spec, self.status, self.now):
             analysis = outcome(verdict, self.now)
         serving = self.status.stable.digest if self.stable_available and self.status.stable else None
-        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis)
+        # pods of the spec's model come up at once unless a test says otherwise
+        canary = self.spec.model.digest if self.canary_available else None
+        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary)
         self.last, self.status = decide(self.spec, self.status, obs, self.now)
         self.history.append(self.status)
         return self.status

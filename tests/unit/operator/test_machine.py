@@ -63,6 +63,18 @@ def test_promotion_waits_for_stable_to_run_the_new_model() -> None:
     assert driver.tick(advance=2).phase is Phase.SUCCEEDED
 
 
+def test_no_traffic_reaches_a_canary_whose_pods_are_not_available() -> None:
+    driver = stable_driver()
+    driver.spec = make_spec("2.0.0")
+    driver.canary_available = False
+    for _ in range(5):
+        status = driver.tick(Verdict.PASS, advance=30)
+        assert status.phase is Phase.PROGRESSING and status.canary_weight == 0
+    assert "waiting for the canary 2.0.0 pods" in (status.message or "")
+    driver.canary_available = True
+    assert driver.tick(advance=1).canary_weight == 5
+
+
 def test_failure_limit_rolls_back_to_weight_zero() -> None:
     driver = stable_driver()
     driver.spec = make_spec("2.0.0")

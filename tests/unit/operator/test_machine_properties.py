@@ -64,7 +64,12 @@ def test_applying_the_same_observation_twice_changes_nothing(plan, verdict, comm
     rollout(driver, plan)
     serving = driver.status.stable.digest if driver.status.stable else None
     obs = Observation(
-        1, serving, driver.status.canary_weight, {command: "same"} if command else {}, outcome(verdict, driver.now)
+        1,
+        serving,
+        driver.status.canary_weight,
+        {command: "same"} if command else {},
+        outcome(verdict, driver.now),
+        driver.status.canary.digest if driver.status.canary else None,
     )
     _, once = decide(driver.spec, driver.status, obs, driver.now)
     decision, twice = decide(driver.spec, once, obs, driver.now)

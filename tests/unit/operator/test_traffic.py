@@ -80,5 +80,22 @@ def test_deployment_is_restricted_and_pinned() -> None:
     assert deployment["spec"]["template"]["metadata"]["annotations"][manifests.DIGEST_ANNOTATION] == spec.model.digest
     assert manifests.deployment_serving(deployment) is None  # no status yet: not serving
     deployment["metadata"]["generation"] = 1
-    deployment["status"] = {"observedGeneration": 1, "updatedReplicas": 2, "availableReplicas": 2}
+    deployment["status"] = {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
     assert manifests.deployment_serving(deployment) == spec.model.digest
+
+
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [
+        ({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 3}, "an old pod is left"),
+        ({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}, "not all updated"),
+        ({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}, "not all available"),
+        ({"observedGeneration": 0, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}, "spec not seen yet"),
+    ],
+)
+def test_deployment_mid_rollout_is_not_serving(status: dict[str, int], why: str) -> None:
+    spec = make_spec("2.0.0")
+    deployment = manifests.deployment(OWNER, spec, spec.model, "stable", 2)
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = status
+    assert manifests.deployment_serving(deployment) is None, why
