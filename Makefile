@@ -41,5 +41,6 @@ bench-server: install ## side-by-side server benchmark: ours vs MLServer vs plai
 clean: ## remove caches (not the rig)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist
 
-crds: install ## regenerate crds/ from model_operator/spec.py
+crds: install ## regenerate crds/ (and the chart's copy) from model_operator/spec.py
 	$(BIN)/python -m model_operator.crdgen crds/modeldeployments.yaml
+	cp crds/modeldeployments.yaml charts/modelrollout/crds/modeldeployments.yaml

@@ -21,6 +21,10 @@ class OperatorMetrics:
                                 (*labels, "check", "verdict"), registry=self.registry)  # fmt: skip
         self.transitions = Counter("modelrollout_transitions", "Phase transitions.", (*labels, "phase"),
                                    registry=self.registry)  # fmt: skip
+        self.leader = Gauge(
+            "modelrollout_leader", "1 while this replica holds the leader Lease and acts; 0 while it waits.",
+            registry=self.registry,
+        )  # fmt: skip
         self.rollback_seconds = Histogram(
             "modelrollout_rollback_duration_seconds",
             "From the first failed analysis (or abort) to canary weight 0.",
