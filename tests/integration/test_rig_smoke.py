@@ -100,6 +100,25 @@ def test_deployment_becomes_available_on_kwok_nodes(cluster: Cluster, namespace:
     assert all(pod.status.phase == "Running" and pod.spec.node_name.startswith("kwok-node-") for pod in pods)
 
 
+def test_kwok_renews_node_leases_like_a_kubelet(cluster: Cluster) -> None:
+    """Without Lease heartbeats the node controller marks every node NotReady after its grace period and
+    their pods not Ready: deployments then lose availability at random moments of a test."""
+    leases = k8s.CoordinationV1Api(cluster.api_client)
+    nodes = [node.metadata.name for node in k8s.CoreV1Api(cluster.api_client).list_node().items]
+
+    def renewed_since(start: float) -> bool:
+        held = {lease.metadata.name: lease for lease in leases.list_namespaced_lease("kube-node-lease").items}
+        return all(
+            name in held and held[name].spec.renew_time is not None and held[name].spec.renew_time.timestamp() > start
+            for name in nodes
+        )
+
+    start = time.time()
+    wait_until(
+        lambda: renewed_since(start), timeout=60, what="every kwok node's Lease renewed", alive=cluster.check_alive
+    )
+
+
 def _pod(name: str, *, compliant: bool) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "app", "image": "registry.invalid/app:1"}
     spec: dict[str, Any] = {"containers": [container]}

@@ -36,6 +36,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+NODE_LEASE_SECONDS = 40  # what a kubelet sets
 STARTUP_TIMEOUT = 120.0
 APISERVER_SANS = (
     "localhost",
@@ -308,6 +309,10 @@ class Cluster:
                 f"--server-address=127.0.0.1:{self.kwok_port}",
                 "--node-ip=127.0.0.1",
                 "--cidr=10.244.0.1/16",
+                # The heartbeat stage only refreshes node status every 10-20 min and counts on node Leases
+                # for liveness, as a kubelet does; without them the node controller sees every node miss its
+                # heartbeat after the grace period, marks it NotReady and its pods not Ready (flaky rollouts).
+                f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
             ],
         )
 
