@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RIG_DIR ?= $(CURDIR)/.rig
 export RIG_DIR
 
-.PHONY: help install lint test test-unit rig bench-server crds clean
+.PHONY: help install lint security test test-unit rig bench-server crds clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -19,11 +19,19 @@ $(BIN)/modelrollout: pyproject.toml
 
 install: $(BIN)/modelrollout ## create .venv with the project and all extras
 
-lint: install ## ruff + mypy --strict + hadolint
+lint: install ## ruff + mypy --strict + hadolint + checkov
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
+	$(MAKE) --no-print-directory security
+
+security: install ## checkov over the rendered chart and the Dockerfiles (findings justified in docs/security.md)
+	bash tests/rig/build.sh --if-missing
+	mkdir -p build
+	$(RIG_DIR)/bin/helm template modelrollout charts/modelrollout -n modelrollout-system \
+		--values charts/modelrollout/ci/everything-on-values.yaml > build/chart-rendered.yaml
+	$(BIN)/checkov --config-file .checkov.yaml -f build/chart-rendered.yaml -f Dockerfile.server -f Dockerfile.operator
 
 rig: ## build the test rig (control plane, kwok, helm, CRDs, Prometheus) into $(RIG_DIR)
 	bash tests/rig/build.sh
