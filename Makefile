@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RIG_DIR ?= $(CURDIR)/.rig
 export RIG_DIR
 
-.PHONY: help install lint security test test-unit rig bench-server crds clean
+.PHONY: help install lint security test test-unit rig bench-server crds clean demo
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## list targets
 $(BIN)/modelrollout: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[server,operator,dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[server,operator,dev,demo]'
 	touch $@
 
 install: $(BIN)/modelrollout ## create .venv with the project and all extras
@@ -40,11 +40,15 @@ test: install ## run the whole suite (builds the rig first when anything is miss
 	bash tests/rig/build.sh --if-missing
 	$(BIN)/pytest
 
-test-unit: install ## unit tests only (no rig, no processes)
+test-unit: install ## unit tests only (no cluster; promtool from the rig checks the alert rules)
+	bash tests/rig/build.sh --if-missing
 	$(BIN)/pytest tests/unit
 
 bench-server: install ## side-by-side server benchmark: ours vs MLServer vs plain FastAPI+joblib
 	$(BIN)/python -m bench.server_bench
+
+demo: install ## the whole rollout story locally (no cluster)
+	$(BIN)/modelrollout demo
 
 clean: ## remove caches (not the rig)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist

@@ -1,7 +1,9 @@
 """kopf glue: one daemon per ModelDeployment runs ticks of ``Reconciler`` until the object goes away.
 
 State lives in ``.status`` (re-read every tick), never in memory, so a restarted operator resumes
-where the last one stopped. Run: ``kopf run --all-namespaces -m model_operator.handlers``.
+where the last one stopped. Run: ``modelrollout-operator`` (``python -m model_operator``: these handlers
+behind Lease leader election), or without election ``kopf run --standalone --all-namespaces -m
+model_operator.handlers``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger, **_:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
-    metrics = OperatorMetrics()
-    start_http_server(config.metrics_port, registry=metrics.registry)
+    metrics: OperatorMetrics | None = getattr(memo, "metrics", None)  # `python -m model_operator` serves them
+    if metrics is None:  # plain `kopf run -m model_operator.handlers`
+        metrics = OperatorMetrics()
+        start_http_server(config.metrics_port, registry=metrics.registry)
     kube = KubeClient(k8s.ApiClient())
 
     def provider_for(spec: ModelDeploymentSpec) -> PrometheusProvider:

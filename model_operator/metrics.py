@@ -31,6 +31,13 @@ class OperatorMetrics:
             labels, buckets=ROLLBACK_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
+    def ensure_series(self, namespace: str, name: str) -> None:
+        """Create this ModelDeployment's counters and histogram at zero: a series born at 1 on the first
+        rollback is invisible to ``increase()``, so the first rollback would never show or alert."""
+        for candidate in Phase:
+            self.transitions.labels(namespace, name, candidate.value)
+        self.rollback_seconds.labels(namespace, name)
+
     def set_phase(self, namespace: str, name: str, phase: Phase | None) -> None:
         for candidate in Phase:
             self.phase.labels(namespace, name, candidate.value).set(1 if candidate is phase else 0)

@@ -143,6 +143,7 @@ class Reconciler:
         now: dt.datetime,
     ) -> None:
         m = self.metrics
+        m.ensure_series(owner.namespace, owner.name)
         m.set_phase(owner.namespace, owner.name, after.phase)
         m.weight.labels(owner.namespace, owner.name).set(after.canary_weight)
         if after.phase is not None and after.phase != before.phase:

@@ -21,7 +21,9 @@ from model_server.bundle import ModelManifest
 from model_server.training import load_config, train
 from tests.conftest import EXAMPLES
 from tests.rig import Cluster, Prometheus
+from tests.support.dashboards import DEFAULT_VARIABLES, dashboard_queries
 from tests.support.diagnostics import describe_workloads
+from tests.support.helm import CHART, Helm
 from tests.support.rollouts import OperatorProcess, WeightedLoad, wait_for
 from tests.support.servers import REPO, ServerProcess
 
@@ -67,12 +69,17 @@ class Rig:
 def rig(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     cluster.apply(REPO / "crds" / "modeldeployments.yaml")
     cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelrollout.io", "--timeout=60s")
-    cluster.create_namespace(SYSTEM)
-    cluster.create_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
-    cluster.apply(REPO / "manifests" / "operator" / "rbac.yaml")
-    kubeconfig = cluster.mint_service_account_kubeconfig(SYSTEM, "modelrollout-operator")
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    cluster.create_namespace(SYSTEM, restricted)
+    cluster.create_namespace(NAMESPACE, restricted)
     tmp = tmp_path_factory.mktemp("operator")
+    # The chart's ServiceAccount, ClusterRole and leader-election Role: the operator below runs with exactly
+    # what `helm install` grants (its in-cluster replicas are kwok pods; this process is the one that acts).
+    Helm(tmp / "helm", cluster.kubeconfig).run("install", "modelrollout", str(CHART), "-n", SYSTEM, "--wait")
+    kubeconfig = cluster.mint_service_account_kubeconfig(SYSTEM, "modelrollout-operator")
     operator = OperatorProcess(kubeconfig, tmp / "operator.log").start()
+    # scraped like the chart's ServiceMonitor does, so the dashboard test sees the rollbacks as they happen
+    prometheus.add_target("modelrollout-operator-metrics", f"127.0.0.1:{operator.metrics_port}")
     yield Rig(cluster, prometheus, operator, tmp)
     operator.stop()
 
@@ -165,9 +172,10 @@ def scenario(
         started.append(current)  # registered first, so a failed set-up is cleaned up too
         stable.wait_ready()
         canary.wait_ready()
-        rig.prometheus.add_target(f"{name}-stable", f"127.0.0.1:{stable.port}")
+        pod_labels = {"namespace": NAMESPACE}  # what a PodMonitor's relabelling adds in a cluster
+        rig.prometheus.add_target(f"{name}-stable", f"127.0.0.1:{stable.port}", pod_labels)
         if scrape_canary:
-            rig.prometheus.add_target(f"{name}-canary", f"127.0.0.1:{canary.port}")
+            rig.prometheus.add_target(f"{name}-canary", f"127.0.0.1:{canary.port}", pod_labels)
         rig.cluster.apply(md_body(name, v1, root / f"iris-v1-{v1.version}", address, **analysis))
         rig.wait_phase(name, {"Succeeded"}, 90)
         load.start()
@@ -234,6 +242,23 @@ def test_bad_canary_is_rolled_back(
     wait_for(lambda: run.load.canary_weight() == 0, 10, "gateway weight 0 on canary")
     assert max(w for _, w in run.load.weights) < 100, "never promoted past a failed analysis"
     assert "modelrollout_rollback_duration_seconds_count" in rig.operator.metrics()
+
+
+def test_every_dashboard_panel_returns_data_during_a_rollout(rig: Rig, scenario: Callable[..., Scenario]) -> None:
+    """Runs after the rollbacks above, so the rollback panels have something to show too."""
+    scenario("dashboard", rate=60)
+    wait_for(lambda: rig.status("dashboard").get("canaryWeight", 0) >= 10, 60, "canary traffic")
+    variables = {**DEFAULT_VARIABLES, "namespace": NAMESPACE, "model": "iris", "rollout": ".*"}
+    queries = dashboard_queries(variables=variables)
+    assert len(queries) >= 10
+
+    def empty_panels() -> list[str]:
+        return [title for title, promql in queries if not rig.prometheus.query(promql)]
+
+    try:
+        wait_for(lambda: not empty_panels(), 60, "data in every panel")
+    except AssertionError:
+        raise AssertionError(f"panels without data during a rollout: {empty_panels()}") from None
 
 
 def test_missing_canary_metrics_follow_on_no_data(rig: Rig, scenario: Callable[..., Scenario]) -> None:

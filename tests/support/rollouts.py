@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,46 +36,84 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+LEASE_NAMESPACE = "modelrollout-system"
+# Short lease timings so failover takes seconds in tests (the shipped defaults are client-go's 15/10/2 s).
+LEASE_TIMINGS = {
+    "MODELROLLOUT_LEASE_DURATION_SECONDS": "4",
+    "MODELROLLOUT_RENEW_DEADLINE_SECONDS": "3",
+    "MODELROLLOUT_RETRY_PERIOD_SECONDS": "0.5",
+}
+
+
 @dataclass
 class OperatorProcess:
-    """``kopf run`` of our handlers, authenticated by ``kubeconfig`` (a ServiceAccount token)."""
+    """``python -m model_operator`` (kopf behind Lease leader election), authenticated by ``kubeconfig``
+    (a ServiceAccount token). Its identity is ``{identity}_{random}``; ``env`` adds or overrides variables,
+    e.g. ``MODELROLLOUT_LEASE_NAME`` to give a test a Lease of its own."""
 
     kubeconfig: Path
     log_path: Path
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    identity: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    liveness_port: int = field(default_factory=free_port)
 
-    def start(self) -> OperatorProcess:
+    def start(self, wait_leading: bool = True) -> OperatorProcess:
+        """Spawn it; wait until it leads, or else until it is up and following (its liveness endpoint answers)."""
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
             "MODELROLLOUT_METRICS_PORT": str(self.metrics_port),
             "MODELROLLOUT_MAX_TICK_SECONDS": "0.5",
             "MODELROLLOUT_IDLE_TICK_SECONDS": "1",
             "MODELROLLOUT_PROMETHEUS_RETRIES": "0",
+            "MODELROLLOUT_LEASE_NAMESPACE": LEASE_NAMESPACE,
+            "MODELROLLOUT_LIVENESS_PORT": str(self.liveness_port),
+            **LEASE_TIMINGS,
+            **({"POD_NAME": self.identity} if self.identity else {}),
+            **self.env,
         }
-        command = [
-            sys.executable,
-            "-m",
-            "kopf",
-            "run",
-            "--standalone",
-            "--all-namespaces",
-            "-m",
-            "model_operator.handlers",
-        ]
+        command = [sys.executable, "-m", "model_operator"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        wait_for(self._metrics_up, 60, "operator metrics endpoint")
+        if wait_leading:
+            self.wait_leading(60)
+        else:
+            wait_for(self._liveness_up, 60, "operator liveness endpoint")
         return self
 
-    def _metrics_up(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+    def wait_leading(self, timeout: float) -> None:
+        wait_for(self._leads, timeout, "the operator to lead (modelrollout_leader 1)")
+
+    def leading(self) -> bool:
+        """Its metrics say it holds the Lease and runs the handlers (followers serve ``modelrollout_leader 0``)."""
+        try:
+            return "modelrollout_leader 1.0" in self.metrics()
+        except httpx.HTTPError:
+            return False
+
+    def _leads(self) -> bool:
+        self._check_running()
+        return self.leading()
+
+    def serves_metrics(self) -> bool:
         try:
             return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _liveness_up(self) -> bool:
+        self._check_running()
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _check_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
 
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
@@ -87,6 +125,7 @@ class OperatorProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM: kopf stops, the Lease is released; SIGKILL if that takes over 20 s."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
