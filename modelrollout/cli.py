@@ -13,6 +13,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from model_server.settings import Engine, Track
+from modelrollout.demo.settings import DEFAULT_OUT as DEFAULT_DEMO_OUT
+from modelrollout.demo.settings import DemoOptions, MetricsBackend
 
 app = typer.Typer(
     name="modelrollout",
@@ -203,6 +205,39 @@ def history(name: str, namespace: NamespaceOption = "default") -> None:
              "message": event.message}
         )  # fmt: skip
     typer.echo(render_history(rows))
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  modelrollout demo                  # a minute or two; a live view on a terminal\n\n"
+        "  modelrollout demo --fast --out /tmp/demo\n\n"
+        "Writes OUT/timeline.png, OUT/summary.json and every process's log under OUT/logs."
+    ),
+)
+def demo(
+    fast: Annotated[bool, typer.Option("--fast", help="Shorter pauses and analysis: under a minute.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for bundles, logs, timeline.png and summary.json.")
+    ] = DEFAULT_DEMO_OUT,
+    metrics: Annotated[
+        MetricsBackend,
+        typer.Option(help="auto: a real Prometheus when installed (PATH or $RIG_DIR/bin), else in-process scraping."),
+    ] = MetricsBackend.AUTO,
+) -> None:
+    """The whole rollout story on this machine, no cluster: 1.0.0 stable, 2.0.0 promoted, 3.0.0 rolled back.
+
+    Real model servers and HTTP load on loopback; the operator's own code against a local stand-in for Kubernetes.
+    """
+    from modelrollout.demo.story import DemoError, DemoInterrupted, run_demo
+
+    try:
+        run_demo(DemoOptions(out=out, fast=fast, metrics=metrics))
+    except DemoInterrupted as exc:
+        typer.secho(str(exc), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    except DemoError as exc:
+        fail(str(exc), 1)
 
 
 def main() -> None:
