@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RIG_DIR ?= $(CURDIR)/.rig
 export RIG_DIR
 
-.PHONY: help install lint security test test-unit rig bench-server crds clean demo
+.PHONY: help install lint security test test-unit rig bench-server bench-analysis crds clean demo
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-unit: install ## unit tests only (no cluster; promtool from the rig checks 
 
 bench-server: install ## side-by-side server benchmark: ours vs MLServer vs plain FastAPI+joblib
 	$(BIN)/python -m bench.server_bench
+
+bench-analysis: install ## statistical power of the canary analysis: canary-vs-stable statistics vs a fixed threshold
+	$(BIN)/python -m bench.analysis_power
 
 demo: install ## the whole rollout story locally (no cluster)
 	$(BIN)/modelrollout demo

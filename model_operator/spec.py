@@ -170,17 +170,98 @@ class GatewayAPITraffic(Model):
     hostnames: list[str] = Field(default_factory=list)
 
 
+class IstioTraffic(Model):
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="VirtualService hosts; default: the root Service's <name>.<namespace>.svc.cluster.local.",
+    )
+    gateways: list[str] = Field(
+        default_factory=list, description="Istio Gateways (<namespace>/<name>) to bind; default: the mesh only."
+    )
+
+
 class Traffic(Model):
-    provider: Literal["gatewayAPI", "replicas"] = Field(
-        default="gatewayAPI", description="gatewayAPI: HTTPRoute weights; replicas: weight ≈ canary pods share."
+    provider: Literal["gatewayAPI", "istio", "replicas"] = Field(
+        default="gatewayAPI",
+        description=(
+            "gatewayAPI: HTTPRoute weights; istio: VirtualService weights; replicas: weight ≈ canary pods share."
+        ),
     )
     gateway_api: GatewayAPITraffic = Field(default_factory=GatewayAPITraffic, alias="gatewayAPI")
+    istio: IstioTraffic = Field(default_factory=IstioTraffic, description="Used when provider is istio.")
 
 
 class SLO(Model):
     max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Largest tolerated 5xx share of requests.")
     max_latency_p95: Duration | None = Field(default="250ms", pattern=DURATION_PATTERN)
     max_latency_p99: Duration | None = Field(default=None, pattern=DURATION_PATTERN)
+
+
+class CompareToStable(Model):
+    """The canary judged against stable on the same window (``analysis/statistics.py``), on evidence.
+
+    Each comparison is on when its limit is set. A comparison fails only when the data make a regression
+    likely at ``confidence``, passes only when they make the opposite as likely, and is inconclusive (the
+    canary holds at its step) in between — thin evidence never promotes a canary.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.errorRateMargin) || has(self.latencyRatio) || has(self.predictionDrift)",
+                    "compareToStable needs at least one of errorRateMargin, latencyRatio, predictionDrift",
+                ),
+                cel(
+                    "self.confidence > 0.5 && self.confidence < 1.0",
+                    "confidence is a probability between 0.5 and 1 (exclusive), such as 0.95 or 0.99",
+                ),
+                cel(
+                    "!has(self.errorRateMargin) || (self.errorRateMargin >= 0.0 && self.errorRateMargin < 1.0)",
+                    "errorRateMargin is an absolute error-rate difference: at least 0 and below 1 (0.005 = 0.5 points)",
+                ),
+                cel(
+                    "!has(self.latencyRatio) || self.latencyRatio >= 1.0",
+                    "latencyRatio must be at least 1: it is how many times stable's p95 the canary's p95 may reach",
+                ),
+                cel(
+                    "!has(self.predictionDrift) || self.predictionDrift > 0.0",
+                    "predictionDrift is a PSI limit and must be greater than 0 (0.1 small shift, 0.25 large)",
+                ),
+            ]
+        }
+    )
+
+    error_rate_margin: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Fail when the canary's 5xx rate likely exceeds stable's by more than this (absolute: 0.005).",
+    )
+    latency_ratio: float | None = Field(
+        default=None, ge=1, le=1000, description="Fail when the canary's p95 likely exceeds this many times stable's."
+    )
+    prediction_drift: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Fail when the PSI of the canary's predicted-class shares against stable's exceeds this.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Posterior probability (or significance) a verdict needs."
+    )
+    min_samples: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Latency observations and predicted rows each track needs in the window; fewer is inconclusive.",
+    )
+
+    @model_validator(mode="after")
+    def something_to_compare(self) -> CompareToStable:
+        if self.error_rate_margin is None and self.latency_ratio is None and self.prediction_drift is None:
+            raise ValueError("compareToStable needs at least one of errorRateMargin, latencyRatio, predictionDrift")
+        return self
 
 
 class MetricCheck(Model):
@@ -233,6 +314,15 @@ class Analysis(Model):
     )
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     slo: SLO = Field(default_factory=SLO)
+    compare_to_stable: CompareToStable | None = Field(
+        default=None, description="Canary-vs-stable comparisons on evidence; off when absent."
+    )
+    max_input_drift: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Fail when the canary's largest per-feature input PSI against the training reference exceeds this.",
+    )
     metrics: list[MetricCheck] = Field(default_factory=list, max_length=20)
 
     @field_validator("interval", "window")

@@ -6,7 +6,7 @@ ProviderError            the provider could not answer: unreachable, timeout, ba
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ProviderError(Exception):
@@ -26,4 +26,18 @@ class MetricProvider(Protocol):
 
     def is_online(self) -> bool:
         """Whether the provider answers at all. Idempotent; never raises."""
+        ...
+
+
+@runtime_checkable
+class VectorProvider(MetricProvider, Protocol):
+    """A provider that can also answer with several numbers, one per value of a label.
+
+    Optional: the canary-vs-stable comparisons of histograms (``by (le)``) and of predicted classes
+    (``by (class)``) need it; a provider without it answers those checks with an Error, never a Pass.
+    """
+
+    def query_vector(self, promql: str) -> dict[str, float]:
+        """``{label value: number}`` for a query aggregated ``by`` exactly one label; ``{}`` for no data.
+        NaN samples are left out. Idempotent; raises ProviderError."""
         ...

@@ -1,18 +1,22 @@
-"""The canary checks: built-in SLOs on the model server's own metrics, plus user PromQL checks.
+"""The canary checks: built-in SLOs on the model server's own metrics, the canary-vs-stable comparisons
+(``compareToStable``, decided in ``statistics.py``), the input-drift gate, plus user PromQL checks.
 
 ``assess`` is the pure verdict function (Argo's ``assessMetricStatus``); ``run_analysis`` asks the
-provider and records every check — value, limit and query — for the status.
+provider and records every check — value, limit and query — for the status. A comparison needs several
+numbers; its ``query`` holds every query behind it, one per line.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from model_operator.analysis.base import MetricProvider, ProviderError
+from model_operator.analysis import statistics
+from model_operator.analysis.base import MetricProvider, ProviderError, VectorProvider
 from model_operator.durations import parse_duration
 from model_operator.rollout.types import AnalysisOutcome, format_time
-from model_operator.spec import CheckResult, ModelDeploymentSpec, ModelRef, Verdict
+from model_operator.spec import CheckResult, CompareToStable, ModelDeploymentSpec, ModelRef, Verdict
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,29 @@ def error_rate_query(target: Target, window: str) -> str:
 def latency_query(target: Target, window: str, quantile: float) -> str:
     buckets = f"rate(modelserver_request_duration_seconds_bucket{target.selector()}[{window}])"
     return f"histogram_quantile({quantile}, sum by (le) ({buckets}))"
+
+
+def errors_query(target: Target, window: str) -> str:
+    """5xx responses in the window; zero (not "no data") when there were none."""
+    server_errors = target.selector(extra='code=~"5.."')
+    return f"sum(increase(modelserver_requests_total{server_errors}[{window}])) or vector(0)"
+
+
+def latency_buckets_query(target: Target, window: str) -> str:
+    """Cumulative latency bucket counts in the window, one number per ``le``."""
+    buckets = f"increase(modelserver_request_duration_seconds_bucket{target.selector()}[{window}])"
+    return f"sum by (le) ({buckets})"
+
+
+def predictions_query(target: Target, window: str) -> str:
+    """Predicted rows in the window, one number per class."""
+    return f"sum by (class) (increase(modelserver_predictions_total{target.selector()}[{window}]))"
+
+
+def input_drift_query(target: Target) -> str:
+    """The largest per-feature PSI of live inputs against the training reference (the server's rolling
+    estimate, a gauge)."""
+    return f"max(modelserver_input_drift_psi{target.selector()})"
 
 
 def assess(value: float | None, minimum: float | None, maximum: float | None) -> Verdict:
@@ -123,8 +150,127 @@ def run_analysis(
         if limit is not None:
             name = f"latency-p{round(quantile * 100)}"
             check(name, latency_query(target, window, quantile), None, parse_duration(limit), f"<= {limit}")
+    if analysis.compare_to_stable is not None:
+        assert volume.value is not None  # the volume check passed
+        comparisons = compare_to_stable(analysis.compare_to_stable, canary, stable, window, volume.value, provider)
+        results.extend(compared.result(stamp) for compared in comparisons)
+    if analysis.max_input_drift is not None:
+        drift = analysis.max_input_drift
+        check("input-drift", input_drift_query(target), None, drift, f"<= {drift}")
     for metric in analysis.metrics:
         bounds = " ".join(p for p in (f">= {metric.min}" if metric.min is not None else "",
                                       f"<= {metric.max}" if metric.max is not None else "") if p)  # fmt: skip
         check(metric.name, render(metric.query, spec, canary, stable), metric.min, metric.max, bounds)
     return AnalysisOutcome(overall(results), results, now)
+
+
+@dataclass
+class Compared:
+    """One comparison's outcome before it is stamped into a ``CheckResult``."""
+
+    check: str
+    verdict: Verdict
+    value: float | None
+    limit: str
+    queries: list[str]
+    message: str
+
+    def result(self, stamp: str) -> CheckResult:
+        return CheckResult(
+            time=stamp,
+            check=self.check,
+            verdict=self.verdict,
+            value=self.value,
+            limit=self.limit,
+            query="\n".join(self.queries),
+            message=f"{self.check}: {self.message}",
+        )
+
+
+@dataclass
+class _Tracks:
+    """What every comparison asks: the two tracks' series, the window, the provider; ``queries`` collects
+    each query asked, for the status."""
+
+    canary: Target
+    stable: Target
+    window: str
+    provider: MetricProvider
+    queries: list[str]
+
+    def number(self, promql: str, known: float | None = None) -> float | None:
+        self.queries.append(promql)
+        return known if known is not None else self.provider.query(promql)
+
+    def vector(self, promql: str) -> dict[str, float]:
+        self.queries.append(promql)
+        if not isinstance(self.provider, VectorProvider):
+            raise ProviderError(f"the {self.provider.name} metric provider cannot answer with one number per label")
+        return self.provider.query_vector(promql)
+
+
+def _error_rates(settings: CompareToStable, tracks: _Tracks, canary_total: float) -> statistics.Comparison:
+    assert settings.error_rate_margin is not None
+    canary_errors = tracks.number(errors_query(tracks.canary, tracks.window))
+    canary_total_ = tracks.number(requests_query(tracks.canary, tracks.window), known=canary_total)
+    stable_errors = tracks.number(errors_query(tracks.stable, tracks.window))
+    stable_total = tracks.number(requests_query(tracks.stable, tracks.window))
+    if canary_errors is None or canary_total_ is None or stable_errors is None or stable_total is None:
+        return statistics.Comparison(Verdict.INCONCLUSIVE, None, "no data for the stable or canary requests")
+    return statistics.compare_error_rates(
+        canary_errors, canary_total_, stable_errors, stable_total, settings.error_rate_margin, settings.confidence
+    )
+
+
+def _latency(settings: CompareToStable, tracks: _Tracks, canary_total: float) -> statistics.Comparison:
+    assert settings.latency_ratio is not None
+    canary = tracks.vector(latency_buckets_query(tracks.canary, tracks.window))
+    stable = tracks.vector(latency_buckets_query(tracks.stable, tracks.window))
+    return statistics.compare_latency(canary, stable, settings.latency_ratio, settings.confidence, settings.min_samples)
+
+
+def _predictions(settings: CompareToStable, tracks: _Tracks, canary_total: float) -> statistics.Comparison:
+    assert settings.prediction_drift is not None
+    canary = tracks.vector(predictions_query(tracks.canary, tracks.window))
+    stable = tracks.vector(predictions_query(tracks.stable, tracks.window))
+    return statistics.compare_predictions(
+        canary, stable, settings.prediction_drift, settings.confidence, settings.min_samples
+    )
+
+
+def compare_to_stable(
+    settings: CompareToStable,
+    canary: ModelRef,
+    stable: ModelRef | None,
+    window: str,
+    canary_total: float,
+    provider: MetricProvider,
+) -> list[Compared]:
+    """The enabled canary-vs-stable comparisons, each from counts over the same ``window``.
+
+    No data is inconclusive, a provider failure is an error; neither is ever a pass. ``canary_total`` is
+    the volume check's answer to the same query, reused so both checks judge one number.
+    """
+    confidence = settings.confidence
+    planned: list[tuple[str, str, Callable[[CompareToStable, _Tracks, float], statistics.Comparison]]] = []
+    if settings.error_rate_margin is not None:
+        bound = f"P(error rate > stable + {settings.error_rate_margin}) < {confidence}"
+        planned.append(("error-rate-vs-stable", bound, _error_rates))
+    if settings.latency_ratio is not None:
+        planned.append(("latency-p95-vs-stable", f"p95 <= {settings.latency_ratio}x stable at {confidence}", _latency))
+    if settings.prediction_drift is not None:
+        planned.append(("prediction-drift", f"PSI <= {settings.prediction_drift}", _predictions))
+    out: list[Compared] = []
+    for name, limit, judge in planned:
+        queries: list[str] = []
+        if stable is None:
+            out.append(Compared(name, Verdict.INCONCLUSIVE, None, limit, queries, "no stable track to compare with"))
+            continue
+        tracks = _Tracks(Target(canary), Target(stable, "stable"), window, provider, queries)
+        try:
+            judged = judge(settings, tracks, canary_total)
+        except (ProviderError, ArithmeticError) as exc:
+            out.append(Compared(name, Verdict.ERROR, None, limit, queries, str(exc)))
+            continue
+        out.append(Compared(name, judged.verdict, judged.value, limit, queries, judged.message))
+    return out

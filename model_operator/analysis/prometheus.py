@@ -50,6 +50,22 @@ class PrometheusProvider:
             raise ProviderError(f"query returned {len(result)} series; aggregate it to one number: {promql}")
         return _number(result[0]["value"][1])
 
+    def query_vector(self, promql: str) -> dict[str, float]:
+        payload = self._get("/api/v1/query", {"query": promql})
+        data: dict[str, Any] = payload.get("data") or {}
+        if data.get("resultType") != "vector":
+            raise ProviderError(f"query must return a vector, got {data.get('resultType')!r}: {promql}")
+        out: dict[str, float] = {}
+        for series in data.get("result") or []:
+            labels: dict[str, str] = series.get("metric") or {}
+            if len(labels) != 1:
+                raise ProviderError(f"aggregate the query by exactly one label, got series {labels}: {promql}")
+            (key,) = labels.values()
+            value = _number(series["value"][1])
+            if value is not None:
+                out[key] = value
+        return out
+
     def is_online(self) -> bool:
         try:
             return self._client.get(f"{self.address}/-/ready").status_code == 200

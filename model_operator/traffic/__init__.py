@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from model_operator.kube.client import Kube
 from model_operator.traffic.base import TrafficRouter
 from model_operator.traffic.gateway_api import GatewayAPIRouter
+from model_operator.traffic.istio import IstioRouter
 from model_operator.traffic.replicas import ReplicaRouter
 
-ROUTERS: dict[str, type[GatewayAPIRouter] | type[ReplicaRouter]] = {
+ROUTERS: dict[str, Callable[[Kube], TrafficRouter]] = {
     GatewayAPIRouter.name: GatewayAPIRouter,
+    IstioRouter.name: IstioRouter,
     ReplicaRouter.name: ReplicaRouter,
 }
 

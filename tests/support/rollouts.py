@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -153,6 +153,7 @@ class WeightedLoad:
         rate: float = 40.0,
         max_seconds: float = 240.0,
         senders: int = 4,
+        rows: Sequence[Mapping[str, float]] = (ROW,),
     ) -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self.namespace, self.route, self.backends = namespace, route, backends
@@ -164,6 +165,7 @@ class WeightedLoad:
         self.errors: list[str] = []
         self._weights: dict[str, int] = {}
         self._senders = senders
+        self.rows = list(rows)  # each request posts one, picked at random (prediction-mix tests need variety)
         self._threads = [threading.Thread(target=self._watch, daemon=True)]
         self._threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(senders)]
 
@@ -214,7 +216,8 @@ class WeightedLoad:
                 url = self.backends.get(track)
                 if url is not None:
                     try:
-                        status = client.post(f"{url}/predict", json=ROW).status_code
+                        row = self.rows[rng.randrange(len(self.rows))] if len(self.rows) > 1 else self.rows[0]
+                        status = client.post(f"{url}/predict", json=row).status_code
                     except Exception as exc:  # a sender must never die: record and go on
                         self.errors.append(repr(exc))
                         status = 599
