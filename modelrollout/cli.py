@@ -20,8 +20,13 @@ app = typer.Typer(
     name="modelrollout",
     help=(
         "Train scikit-learn model bundles, serve them, and roll new versions out safely.\n\n"
-        "Typical flow: `modelrollout train --config iris.yaml --out bundles/iris-1.0.0`, then "
-        "`modelrollout serve file://bundles/iris-1.0.0`."
+        "See it work first: `modelrollout demo --fast` (no cluster needed).\n\n"
+        "Package and serve: `modelrollout train --config iris.yaml --out bundles/iris-1.0.0`, then "
+        "`modelrollout serve file://bundles/iris-1.0.0`.\n\n"
+        "Roll out on Kubernetes: change a ModelDeployment's spec.model and `kubectl apply` it; watch with "
+        "`modelrollout status NAME -n NS`; steer with promote, abort, pause, resume and retry; read the "
+        "Events with history. Installed as a kubectl plugin too: `kubectl modelrollout status NAME`.\n\n"
+        "Exit codes: 0 done, 1 failed, 2 bad input or refused (the message says what to do), 130 interrupted."
     ),
     no_args_is_help=True,
     add_completion=False,
