@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RIG_DIR ?= $(CURDIR)/.rig
 export RIG_DIR
 
-.PHONY: help install lint security test test-unit rig bench-server bench-analysis crds clean demo
+.PHONY: help install lint security test test-unit rig bench-server bench-analysis crds clean demo demo-cluster
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ bench-analysis: install ## statistical power of the canary analysis: canary-vs-s
 
 demo: install ## the whole rollout story locally (no cluster)
 	$(BIN)/modelrollout demo
+
+demo-cluster: install ## the rollout story on the local control plane + Prometheus (builds the rig first)
+	bash tests/rig/build.sh --if-missing
+	$(BIN)/python -m tests.rig.demo_cluster
 
 clean: ## remove caches (not the rig)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist

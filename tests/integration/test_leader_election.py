@@ -73,7 +73,7 @@ def operator(operator_kubeconfig: Path, lease_name: str, tmp_path: Path) -> Iter
             operator_kubeconfig,
             tmp_path / f"{identity}.log",
             identity=identity,
-            env={"MODELROLLOUT_LEASE_NAME": lease_name},
+            env={"MODELROLLOUT_LEASE_NAME": lease_name, **LEASE_TIMINGS},
         )
         made.append(process)
         return process

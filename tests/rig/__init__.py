@@ -6,8 +6,26 @@ production uses. Only the data plane is absent (kwok fakes the kubelets), which 
 model-server processes on loopback next to the cluster.
 """
 
-from tests.rig.cluster import Cluster
+from typing import TYPE_CHECKING, Any
+
 from tests.rig.paths import RigMissingError
-from tests.rig.prometheus import Prometheus
+
+if TYPE_CHECKING:
+    from tests.rig.cluster import Cluster
+    from tests.rig.prometheus import Prometheus
 
 __all__ = ["Cluster", "Prometheus", "RigMissingError"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Cluster`` and ``Prometheus`` load on first use: they pull in the kubernetes client (a second or more),
+    and ``python -m tests.rig.demo_cluster`` must own Ctrl-C from its first moment."""
+    if name == "Cluster":
+        from tests.rig.cluster import Cluster
+
+        return Cluster
+    if name == "Prometheus":
+        from tests.rig.prometheus import Prometheus
+
+        return Prometheus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
