@@ -336,12 +336,8 @@ def compare_latency(
     """
     canary, stable = cumulative_buckets(canary_buckets), cumulative_buckets(stable_buckets)
     n_canary, n_stable = bucket_total(canary), bucket_total(stable)
-    if min(n_canary, n_stable) < max(min_count, 1.0):
-        return Comparison(
-            Verdict.INCONCLUSIVE,
-            None,
-            f"{n_canary:.0f} canary and {n_stable:.0f} stable latency observations; need {min_count:.0f} of each",
-        )
+    if (thin := _too_few(n_canary, n_stable, min_count, "latency observations")) is not None:
+        return thin
     stable_q = bucket_quantile(stable, quantile)
     canary_q = bucket_quantile(canary, quantile)
     assert stable_q is not None  # both totals are positive
@@ -450,12 +446,8 @@ def compare_predictions(
     """
     n_canary = sum(max(v, 0.0) for v in canary.values())
     n_stable = sum(max(v, 0.0) for v in stable.values())
-    if min(n_canary, n_stable) < max(min_count, 1.0):
-        return Comparison(
-            Verdict.INCONCLUSIVE,
-            None,
-            f"{n_canary:.0f} canary and {n_stable:.0f} stable predicted rows; need {min_count:.0f} of each",
-        )
+    if (thin := _too_few(n_canary, n_stable, min_count, "predicted rows")) is not None:
+        return thin
     value = psi(canary, stable)
     classes = sorted(set(canary) | set(stable))
     a, e = shares(canary, classes), shares(stable, classes)
@@ -469,3 +461,11 @@ def compare_predictions(
     return Comparison(
         Verdict.INCONCLUSIVE, value, f"{said} > {max_psi} but within sampling noise (chi-square p = {p_value:.2g})"
     )
+
+
+def _too_few(n_canary: float, n_stable: float, min_count: float, what: str) -> Comparison | None:
+    """Inconclusive when either track has fewer than ``min_count`` (and at least one) ``what``."""
+    if min(n_canary, n_stable) >= max(min_count, 1.0):
+        return None
+    message = f"{n_canary:.0f} canary and {n_stable:.0f} stable {what}; need {min_count:.0f} of each"
+    return Comparison(Verdict.INCONCLUSIVE, None, message)
