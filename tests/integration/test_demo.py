@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -26,25 +25,9 @@ from modelrollout.demo.prometheus_launcher import PrometheusServer, find_prometh
 from modelrollout.demo.promql import evaluate, instant_value
 from modelrollout.demo.scrape_provider import SampleBuffer, ScrapeProvider
 from tests.rig import paths
-from tests.support.servers import MODELROLLOUT, REPO, ServerProcess
+from tests.support.servers import MODELROLLOUT, REPO, ServerProcess, processes_mentioning
 
 pytestmark = pytest.mark.integration
-
-
-def processes_mentioning(text: str, exclude: int | None = None) -> list[tuple[int, str]]:
-    """Live processes whose command line contains ``text`` (every demo child names its --out dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), exclude):
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if text in command and state != "Z":
-            found.append((int(entry.name), command[:200]))
-    return found
 
 
 def run_demo(out: Path, *args: str, timeout: float = 420) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.rig import paths
 from tests.rig.demo_cluster import PREFIX_MD
-from tests.support.servers import REPO
+from tests.support.servers import REPO, processes_mentioning
 
 pytestmark = pytest.mark.integration
 PHASES = {"Initializing", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack", "RolledBack"}
@@ -49,22 +49,6 @@ def first(rows: list[tuple[str, list[str]]], start: int, phase: str, *versions: 
         if row_phase == phase and all(version in cells for version in versions):
             return index
     raise AssertionError(f"no {phase} row with {versions} after row {start}: {rows[start:]}")
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Live processes whose command line contains ``text`` (every child of the demo names its --out dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if text in command and state != "Z":
-            found.append(command[:200])
-    return found
 
 
 def test_the_story_on_the_real_control_plane(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:

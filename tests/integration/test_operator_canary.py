@@ -24,7 +24,7 @@ from tests.rig import Cluster, Prometheus
 from tests.support.dashboards import DEFAULT_VARIABLES, dashboard_queries
 from tests.support.diagnostics import describe_workloads
 from tests.support.helm import CHART, Helm
-from tests.support.rollouts import OperatorProcess, WeightedLoad, wait_for
+from tests.support.rollouts import OperatorProcess, WeightedLoad, model_deployment, model_ref, wait_for
 from tests.support.servers import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -100,23 +100,13 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], M
     return make
 
 
+STEPS = [{"setWeight": 10}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"setWeight": 100}]
+ANALYSIS = {"interval": "2s", "window": "8s", "failureLimit": 2, "minRequests": 10, "inconclusiveLimit": 4,
+            "slo": {"maxErrorRate": 0.02, "maxLatencyP95": "250ms"}}  # fmt: skip
+
+
 def md_body(name: str, manifest: ModelManifest, bundle: Path, prometheus: str, **analysis: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelrollout.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"name": manifest.name, "version": manifest.version, "uri": f"file://{bundle}",
-                      "digest": manifest.digest},
-            "image": "modelrollout/server@sha256:" + "0" * 64,
-            "replicas": 2,
-            "strategy": {"canary": {"steps": [{"setWeight": 10}, {"pause": {"duration": "2s"}}, {"setWeight": 50},
-                                              {"setWeight": 100}]}},
-            "analysis": {"interval": "2s", "window": "8s", "failureLimit": 2, "minRequests": 10,
-                         "inconclusiveLimit": 4, "prometheus": {"address": prometheus},
-                         "slo": {"maxErrorRate": 0.02, "maxLatencyP95": "250ms"}, **analysis},
-        },
-    }  # fmt: skip
+    return model_deployment(name, NAMESPACE, model_ref(manifest, bundle), prometheus, STEPS, {**ANALYSIS, **analysis})
 
 
 @dataclass

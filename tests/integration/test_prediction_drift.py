@@ -27,7 +27,14 @@ from model_server.training import load_config, train
 from tests.conftest import EXAMPLES
 from tests.rig import Cluster, Prometheus
 from tests.support.helm import CHART, Helm
-from tests.support.rollouts import LEASE_NAMESPACE, OperatorProcess, WeightedLoad, wait_for
+from tests.support.rollouts import (
+    LEASE_NAMESPACE,
+    OperatorProcess,
+    WeightedLoad,
+    model_deployment,
+    model_ref,
+    wait_for,
+)
 from tests.support.servers import REPO, ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -95,24 +102,14 @@ def rig(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.TempP
         helm.run("uninstall", RELEASE, "-n", LEASE_NAMESPACE, "--wait", check=False)
 
 
+STEPS = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"setWeight": 100}]
+ANALYSIS = {"interval": "2s", "window": "8s", "failureLimit": 2, "minRequests": 10, "inconclusiveLimit": 6,
+            "slo": {"maxErrorRate": 0.02, "maxLatencyP95": "250ms"},
+            "compareToStable": {"predictionDrift": 0.2, "minSamples": 20}}  # fmt: skip
+
+
 def md_body(name: str, manifest: ModelManifest, bundle: Path, prometheus: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"name": manifest.name, "version": manifest.version, "uri": f"file://{bundle}",
-                      "digest": manifest.digest},
-            "image": "modelrollout/server@sha256:" + "0" * 64,
-            "replicas": 2,
-            "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50},
-                                              {"setWeight": 100}]}},
-            "analysis": {"interval": "2s", "window": "8s", "failureLimit": 2, "minRequests": 10,
-                         "inconclusiveLimit": 6, "prometheus": {"address": prometheus},
-                         "slo": {"maxErrorRate": 0.02, "maxLatencyP95": "250ms"},
-                         "compareToStable": {"predictionDrift": 0.2, "minSamples": 20}},
-        },
-    }  # fmt: skip
+    return model_deployment(name, NAMESPACE, model_ref(manifest, bundle), prometheus, STEPS, ANALYSIS)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ try:  # seconds of imports (scikit-learn, kubernetes): a Ctrl-C meanwhile is an 
     from tests.rig import Cluster, Prometheus, RigMissingError, paths
     from tests.rig.procs import _die_with_parent
     from tests.support.helm import CHART, Helm
-    from tests.support.rollouts import OperatorProcess, WeightedLoad
+    from tests.support.rollouts import OperatorProcess, WeightedLoad, model_deployment, model_ref
     from tests.support.servers import MODELROLLOUT, REPO, ServerProcess
 except KeyboardInterrupt:
     if __name__ != "__main__":
@@ -68,12 +68,6 @@ RATE = 40.0  # requests/s in total, loopback only
 SETTLE_TIMEOUT = 120.0  # first model stable: Deployment pods Ready under kwok
 ROLLOUT_TIMEOUT = 150.0  # a canary reaches Succeeded or RolledBack
 PREFIX_MD, PREFIX_EVENT, PREFIX_STATUS, PREFIX_DEMO = "[md]     ", "[event]  ", "[status] ", "==> "
-# One operator, no failover to show: the chart's lease timings (the tests' 4 s lease is lost on a busy machine).
-OPERATOR_ENV = {
-    "MODELROLLOUT_LEASE_DURATION_SECONDS": "15",
-    "MODELROLLOUT_RENEW_DEADLINE_SECONDS": "10",
-    "MODELROLLOUT_RETRY_PERIOD_SECONDS": "2",
-}
 log = logging.getLogger("demo-cluster")
 # Set by Ctrl-C / SIGTERM. The handler raises KeyboardInterrupt too, but Python drops an exception raised while it
 # runs its at-fork callbacks (a subprocess being spawned), so the demo also checks this flag.
@@ -160,8 +154,7 @@ class Bundle:
         return self.manifest.version
 
     def model(self) -> dict[str, str]:
-        return {"name": self.manifest.name, "version": self.version, "uri": f"file://{self.path}",
-                "digest": self.manifest.digest}  # fmt: skip
+        return model_ref(self.manifest, self.path)
 
 
 @dataclass
@@ -178,18 +171,7 @@ class Outcome:
 
 
 def md_body(bundle: Bundle, prometheus_url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelrollout.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {
-            "model": bundle.model(),
-            "image": "modelrollout/server@sha256:" + "0" * 64,  # kwok pods: no container ever runs
-            "replicas": 2,
-            "strategy": {"canary": {"steps": STEPS}},
-            "analysis": {**ANALYSIS, "prometheus": {"address": prometheus_url}},
-        },
-    }
+    return model_deployment(NAME, NAMESPACE, bundle.model(), prometheus_url, STEPS, ANALYSIS)
 
 
 def weights_seen(timeline: Sequence[tuple[float, int]]) -> list[int]:
@@ -306,7 +288,7 @@ class Story:
         # exactly the RBAC the chart grants its ServiceAccount.
         kubeconfig = cluster.mint_service_account_kubeconfig(SYSTEM, "modelrollout-operator")
         self.say(f"starting the operator as ServiceAccount {SYSTEM}/modelrollout-operator (the chart's RBAC)")
-        operator = OperatorProcess(kubeconfig, self.logs / "operator.log", env=OPERATOR_ENV)
+        operator = OperatorProcess(kubeconfig, self.logs / "operator.log")  # the chart's lease timings
         self.later("the operator", operator.stop)
         try:
             operator.start()

@@ -19,10 +19,41 @@ from typing import Any, TypeVar
 import httpx
 from kubernetes import client as k8s
 
+from model_server.bundle import ModelManifest
 from tests.support.servers import REPO, free_port
 
 T = TypeVar("T")
+SERVER_IMAGE = "modelrollout/server@sha256:" + "0" * 64  # kwok pods: no container ever runs
+
 ROW = {"sepal_length_cm": 5.1, "sepal_width_cm": 3.5, "petal_length_cm": 1.4, "petal_width_cm": 0.2}
+
+
+def model_ref(manifest: ModelManifest, bundle: Path) -> dict[str, str]:
+    """``spec.model`` for a bundle directory that ``modelrollout train`` wrote."""
+    return {"name": manifest.name, "version": manifest.version, "uri": f"file://{bundle}", "digest": manifest.digest}
+
+
+def model_deployment(
+    name: str,
+    namespace: str,
+    model: Mapping[str, str],
+    prometheus: str,
+    steps: Sequence[Mapping[str, Any]],
+    analysis: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A ModelDeployment of two replicas whose canary walks ``steps``, analysed by ``prometheus``."""
+    return {
+        "apiVersion": "modelrollout.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": dict(model),
+            "image": SERVER_IMAGE,
+            "replicas": 2,
+            "strategy": {"canary": {"steps": list(steps)}},
+            "analysis": {**analysis, "prometheus": {"address": prometheus}},
+        },
+    }
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:

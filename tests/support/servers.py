@@ -89,3 +89,21 @@ class ServerProcess:
 
 def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MODELROLLOUT, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def processes_mentioning(text: str, exclude: int | None = None) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose command line contains ``text``, except this process,
+    ``exclude`` and zombies. The demos name their --out dir on every child's command line, so this finds
+    anything they left behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), exclude):
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in command and state != "Z":
+            found.append((int(entry.name), command[:200]))
+    return found
