@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from model_operator.rollout.machine import role
+from model_operator.rollout.plan import stages
 from model_operator.rollout.types import Command
 from model_operator.spec import GROUP, ModelDeploymentSpec, ModelDeploymentStatus
 
@@ -24,26 +26,29 @@ def render_status(obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
     spec = ModelDeploymentSpec.model_validate(obj.get("spec") or {})
     status = ModelDeploymentStatus.model_validate(obj.get("status") or {})
+    plan = stages(spec)
     lines = [
         f"Name:          {meta['name']}",
         f"Namespace:     {meta['namespace']}",
+        f"Strategy:      {spec.strategy.type}",
         f"Phase:         {status.phase.value if status.phase else 'Pending'}",
         f"Message:       {status.message or ''}",
         f"Stable:        {_model(status.stable)}",
-        f"Canary:        {_model(status.canary)}",
-        f"Weight:        {status.canary_weight}%",
+        f"{role(status).capitalize() + ':':<15}{_model(status.canary)}",
+        f"Weight:        {status.canary_weight}%"
+        + (f" (+{status.mirror_percent}% mirrored)" if status.mirror_percent else ""),
         f"Traffic:       {spec.traffic.provider}" + (f" ({status.traffic_note})" if status.traffic_note else ""),
         "",
         "Steps:",
     ]
-    for index, step in enumerate(spec.strategy.canary.steps):
-        marker = "▶" if status.canary is not None and index == status.current_step else (
-            "✔" if status.canary is not None and index < status.current_step else " "
-        )  # fmt: skip
-        what = f"setWeight {step.set_weight}%" if step.set_weight is not None else (
-            f"pause {step.pause.duration}" if step.pause and step.pause.duration else "pause (until promoted)"
-        )  # fmt: skip
-        lines.append(f"  {marker} {index + 1}. {what}")
+    running = status.canary is not None
+    for index, stage in enumerate(plan):
+        marker = (
+            "▶"
+            if running and index == status.current_step
+            else ("✔" if running and index < status.current_step else " ")
+        )
+        lines.append(f"  {marker} {index + 1}. {stage.name}")
     lines += ["", f"Analysis (every {spec.analysis.interval}, failureLimit {spec.analysis.failure_limit}):"]
     if not status.analysis:
         lines.append("  (none yet)")

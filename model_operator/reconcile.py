@@ -18,6 +18,7 @@ from model_operator.kube import manifests
 from model_operator.kube.client import Kube
 from model_operator.metrics import OperatorMetrics
 from model_operator.rollout.machine import analysis_due, decide
+from model_operator.rollout.plan import candidate_track
 from model_operator.rollout.types import Command, Decision, Desired, Event, Observation, format_time, parse_time
 from model_operator.spec import (
     GROUP,
@@ -91,11 +92,12 @@ class Reconciler:
         status = ModelDeploymentStatus.model_validate(body.get("status") or {})
         router = router_for(spec.traffic.provider, self.kube)
 
+        track = candidate_track(status.strategy)
         stable_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("stable"))
-        canary_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("canary"))
+        canary_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track))
         analysis = None
         if status.canary is not None and analysis_due(spec, status, now):
-            analysis = run_analysis(spec, status.canary, status.stable, self.provider_for(spec), now)
+            analysis = run_analysis(spec, status.canary, status.stable, self.provider_for(spec), now, track)
         obs = Observation(
             generation=meta.get("generation", 0),
             stable_serving=manifests.deployment_serving(stable_obj),
@@ -103,6 +105,7 @@ class Reconciler:
             commands=commands_from(meta.get("annotations") or {}),
             analysis=analysis,
             canary_serving=manifests.deployment_serving(canary_obj),
+            canary_capacity=manifests.deployment_capacity(canary_obj),
         )
         decision, new = decide(spec, status, obs, now)
         if decision.desired is not None:
@@ -120,19 +123,26 @@ class Reconciler:
         self, owner: manifests.Owner, spec: ModelDeploymentSpec, desired: Desired, phase: Phase | None, router: Any
     ) -> None:
         stable_replicas, canary_replicas = router.replicas(
-            spec.replicas, desired.canary_weight, desired.canary is not None
+            spec.replicas, desired.canary_weight, desired.canary_capacity, desired.canary is not None
         )
         if phase is Phase.PROMOTING:
             stable_replicas = spec.replicas  # the new stable must be fully up before traffic returns to it
+        if desired.track == "preview" and desired.canary_capacity < 100:
+            canary_replicas = spec.strategy.blue_green.preview_replicas or spec.replicas
         kube = self.kube
         kube.apply(manifests.deployment(owner, spec, desired.stable, "stable", stable_replicas))
-        if desired.canary is not None:
-            kube.apply(manifests.deployment(owner, spec, desired.canary, "canary", canary_replicas))
-        elif kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("canary")) is not None:
-            kube.apply(manifests.deployment(owner, spec, desired.stable, "canary", 0))
-        for track in (None, "stable", "canary"):
-            kube.apply(manifests.service(owner, spec, track))
-        router.set_weight(owner, spec, desired.canary_weight)
+        for track in manifests.CANDIDATE_TRACKS:
+            if desired.canary is not None and track == desired.track:
+                candidate = manifests.deployment(
+                    owner, spec, desired.canary, track, canary_replicas, desired.canary_capacity
+                )
+                kube.apply(candidate)
+                kube.apply(manifests.service(owner, spec, track))
+            elif kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track)) is not None:
+                kube.apply(manifests.deployment(owner, spec, desired.stable, track, 0, 0))  # scaled away, kept
+        for live in (None, "stable", "canary"):  # the canary Service: routes written before a rollout name it
+            kube.apply(manifests.service(owner, spec, live))
+        router.set_weight(owner, spec, desired.canary_weight, desired.mirror_percent, desired.track)
 
     def record(
         self,

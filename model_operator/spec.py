@@ -154,9 +154,55 @@ class CanaryStrategy(Model):
         return [s.set_weight for s in self.steps if s.set_weight is not None]
 
 
+class BlueGreenStrategy(Model):
+    """A full-size preview next to stable, judged off live traffic, then one instant switch.
+
+    The preview Deployment and its ``<md>-preview`` Service get no live traffic: analysis judges what
+    reaches the preview Service (smoke tests, shadow clients, QA). After the switch the old version stays
+    up for ``scaleDownDelay`` while analysis keeps guarding: a rollback then is an instant switch back.
+    """
+
+    auto_promote: bool = Field(
+        default=True,
+        description="Switch once the preview passes analysis; false: hold until `modelrollout promote`.",
+    )
+    preview_replicas: int | None = Field(
+        default=None, ge=1, le=1000, description="Preview pods before the switch (default: replicas); full size at it."
+    )
+    passing_analyses: int = Field(
+        default=2, ge=1, le=100, description="Passing analyses in a row the preview needs before the switch."
+    )
+    scale_down_delay: Duration = Field(
+        default="30s",
+        pattern=DURATION_PATTERN,
+        description="How long the old version stays up after the switch, guarded by analysis (instant rollback).",
+    )
+
+
+class ShadowStrategy(Model):
+    """The candidate gets a copy of live requests (its answers are discarded), then goes live if it passed."""
+
+    mirror_percent: int = Field(
+        default=100, ge=1, le=100, description="Share of live requests copied to the candidate, percent."
+    )
+    passing_analyses: int = Field(
+        default=3, ge=1, le=100, description="Passing analyses in a row on mirrored traffic before going live."
+    )
+    then: Literal["Canary", "BlueGreen"] = Field(
+        default="Canary",
+        description="How a passing shadow goes live: the canary steps, or one switch guarded for "
+        "blueGreen.scaleDownDelay.",
+    )
+
+
 class Strategy(Model):
-    type: Literal["Canary"] = "Canary"
+    type: Literal["Canary", "BlueGreen", "Shadow"] = Field(
+        default="Canary",
+        description="Canary: weighted steps; BlueGreen: preview then one switch; Shadow: mirrored traffic first.",
+    )
     canary: CanaryStrategy = Field(default_factory=CanaryStrategy)
+    blue_green: BlueGreenStrategy = Field(default_factory=BlueGreenStrategy)
+    shadow: ShadowStrategy = Field(default_factory=ShadowStrategy)
 
 
 class ParentRef(Model):
@@ -333,7 +379,18 @@ class Analysis(Model):
         return value
 
 
+ROUTED_STRATEGIES_RULE = "self.strategy.type == 'Canary' || self.traffic.provider != 'replicas'"
+ROUTED_STRATEGIES_MESSAGE = (
+    "strategy.type BlueGreen and Shadow need traffic.provider gatewayAPI or istio: the replicas provider "
+    "can neither keep a preview off live traffic nor mirror requests"
+)
+
+
 class ModelDeploymentSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [cel(ROUTED_STRATEGIES_RULE, ROUTED_STRATEGIES_MESSAGE)]}
+    )
+
     model: ModelRef
     image: str = Field(min_length=1, max_length=1024, description="Model-server image; pin it by digest.")
     replicas: int = Field(default=2, ge=1, le=1000)
@@ -345,6 +402,12 @@ class ModelDeploymentSpec(Model):
     strategy: Strategy = Field(default_factory=Strategy)
     traffic: Traffic = Field(default_factory=Traffic)
     analysis: Analysis = Field(default_factory=Analysis)
+
+    @model_validator(mode="after")
+    def routed_strategies(self) -> ModelDeploymentSpec:
+        if self.strategy.type != "Canary" and self.traffic.provider == "replicas":
+            raise ValueError(ROUTED_STRATEGIES_MESSAGE)
+        return self
 
 
 class Phase(StrEnum):
@@ -404,8 +467,15 @@ class ModelDeploymentStatus(Model):
     canary: ModelRef | None = None
     stable_version: str | None = Field(default=None, description="For printer columns.")
     canary_version: str | None = Field(default=None, description="For printer columns.")
-    canary_weight: int = Field(default=0, ge=0, le=100)
+    canary_weight: int = Field(default=0, ge=0, le=100, description="Live traffic share of the candidate.")
+    mirror_percent: int = Field(default=0, ge=0, le=100, description="Share of live requests copied to it.")
+    canary_capacity: int = Field(
+        default=0, ge=0, le=100, description="Traffic share the candidate's pods are sized for (set before weight)."
+    )
+    strategy: str | None = Field(default=None, description="strategy.type the running candidate started with.")
     current_step: int = Field(default=0, ge=0)
+    step_entered: bool = Field(default=False, description="The current step's routing is applied.")
+    step_passes: int = Field(default=0, ge=0, description="Passing analyses in a row at the current step.")
     step_started_at: str | None = None
     last_analysis_at: str | None = None
     consecutive_failures: int = 0

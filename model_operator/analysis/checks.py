@@ -87,9 +87,13 @@ def overall(results: list[CheckResult]) -> Verdict:
     return Verdict.PASS
 
 
-def render(query: str, spec: ModelDeploymentSpec, canary: ModelRef, stable: ModelRef | None) -> str:
-    """User queries may say {{model}}, {{canary_version}}, {{stable_version}}, {{window}}."""
+def render(
+    query: str, spec: ModelDeploymentSpec, canary: ModelRef, stable: ModelRef | None, track: str = "canary"
+) -> str:
+    """User queries may say {{model}}, {{canary_version}}, {{stable_version}}, {{window}}, {{track}} (the
+    candidate's: canary, or preview under BlueGreen)."""
     values = {
+        "track": track,
         "model": canary.name,
         "canary_version": canary.version,
         "stable_version": stable.version if stable else "",
@@ -106,10 +110,12 @@ def run_analysis(
     stable: ModelRef | None,
     provider: MetricProvider,
     now: dt.datetime,
+    track: str = "canary",
 ) -> AnalysisOutcome:
+    """``track``: the candidate's metrics label — ``canary`` (canary and shadow) or ``preview``."""
     analysis = spec.analysis
     window = analysis.window
-    target = Target(canary)
+    target = Target(canary, track)
     stamp = format_time(now)
     results: list[CheckResult] = []
 
@@ -140,7 +146,7 @@ def run_analysis(
     )
     if volume.verdict is Verdict.FAIL:  # too few requests is not a failure: it is thin evidence
         volume.verdict = Verdict.INCONCLUSIVE
-        volume.message = f"only {volume.value:.0f} canary requests in {window}; need {analysis.min_requests}"
+        volume.message = f"only {volume.value:.0f} {track} requests in {window}; need {analysis.min_requests}"
     if volume.verdict is not Verdict.PASS:
         return AnalysisOutcome(overall(results), results, now)
 
@@ -152,7 +158,9 @@ def run_analysis(
             check(name, latency_query(target, window, quantile), None, parse_duration(limit), f"<= {limit}")
     if analysis.compare_to_stable is not None:
         assert volume.value is not None  # the volume check passed
-        comparisons = compare_to_stable(analysis.compare_to_stable, canary, stable, window, volume.value, provider)
+        comparisons = compare_to_stable(
+            analysis.compare_to_stable, canary, stable, window, volume.value, provider, track
+        )
         results.extend(compared.result(stamp) for compared in comparisons)
     if analysis.max_input_drift is not None:
         drift = analysis.max_input_drift
@@ -160,7 +168,7 @@ def run_analysis(
     for metric in analysis.metrics:
         bounds = " ".join(p for p in (f">= {metric.min}" if metric.min is not None else "",
                                       f"<= {metric.max}" if metric.max is not None else "") if p)  # fmt: skip
-        check(metric.name, render(metric.query, spec, canary, stable), metric.min, metric.max, bounds)
+        check(metric.name, render(metric.query, spec, canary, stable, track), metric.min, metric.max, bounds)
     return AnalysisOutcome(overall(results), results, now)
 
 
@@ -245,6 +253,7 @@ def compare_to_stable(
     window: str,
     canary_total: float,
     provider: MetricProvider,
+    track: str = "canary",
 ) -> list[Compared]:
     """The enabled canary-vs-stable comparisons, each from counts over the same ``window``.
 
@@ -266,7 +275,7 @@ def compare_to_stable(
         if stable is None:
             out.append(Compared(name, Verdict.INCONCLUSIVE, None, limit, queries, "no stable track to compare with"))
             continue
-        tracks = _Tracks(Target(canary), Target(stable, "stable"), window, provider, queries)
+        tracks = _Tracks(Target(canary, track), Target(stable, "stable"), window, provider, queries)
         try:
             judged = judge(settings, tracks, canary_total)
         except (ProviderError, ArithmeticError) as exc:

@@ -1,8 +1,9 @@
 """Desired objects for one ModelDeployment, as plain dicts (pure functions, no API calls).
 
-Names: ``<md>-stable`` / ``<md>-canary`` Deployments and Services, ``<md>`` root Service (both
-tracks) and HTTPRoute. Pods run the model server as non-root with a read-only root filesystem and
-the ``restricted`` Pod Security profile's settings; the model digest is pinned in the arguments.
+Names: ``<md>-stable`` / ``<md>-canary`` / ``<md>-preview`` Deployments and Services, ``<md>`` root
+Service (the live tracks: stable and canary, never a blue-green preview) and HTTPRoute. Pods run the
+model server as non-root with a read-only root filesystem and the ``restricted`` Pod Security profile's
+settings; the model digest is pinned in the arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from model_operator.spec import GROUP, KIND, VERSION, ModelDeploymentSpec, Model
 TRACK_LABEL = f"{GROUP}/track"
 NAME_LABEL = "app.kubernetes.io/name"
 DIGEST_ANNOTATION = f"{GROUP}/digest"
+CAPACITY_ANNOTATION = f"{GROUP}/capacity"
+LIVE_LABEL = f"{GROUP}/live"
+"""On the pods of tracks that take live traffic; the root Service selects it, so a preview stays dark."""
+CANDIDATE_TRACKS = ("canary", "preview")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout"}
 
 
@@ -52,8 +57,13 @@ def selector(owner: Owner, track: str | None) -> dict[str, str]:
     return {NAME_LABEL: owner.name, **({TRACK_LABEL: track} if track else {})}
 
 
-def deployment(owner: Owner, spec: ModelDeploymentSpec, model: ModelRef, track: str, replicas: int) -> dict[str, Any]:
+def deployment(
+    owner: Owner, spec: ModelDeploymentSpec, model: ModelRef, track: str, replicas: int, capacity: int = 100
+) -> dict[str, Any]:
+    """``capacity``: the share of requests (percent) ``replicas`` pods are sized for, as an annotation the
+    next tick reads back once they are all available (``deployment_capacity``)."""
     labels = selector(owner, track)
+    pod_labels = {**labels, **({} if track == "preview" else {LIVE_LABEL: "true"})}
     args = [model.uri, "--host", "0.0.0.0", "--port", str(spec.port), "--track", track]
     args += ["--expected-digest", model.digest]
     if model.trust_pickle:
@@ -81,13 +91,16 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, model: ModelRef, track: 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": owner.metadata(owner.object_name(track), labels),
+        "metadata": {
+            **owner.metadata(owner.object_name(track), labels),
+            "annotations": {CAPACITY_ANNOTATION: str(capacity)},
+        },
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {
-                    "labels": {**labels, "model": model.name, "version": model.version},
+                    "labels": {**pod_labels, "model": model.name, "version": model.version},
                     "annotations": {DIGEST_ANNOTATION: model.digest, "prometheus.io/scrape": "true"},
                 },
                 "spec": {
@@ -107,12 +120,14 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, model: ModelRef, track: 
 
 
 def service(owner: Owner, spec: ModelDeploymentSpec, track: str | None) -> dict[str, Any]:
+    """The Service of one track, or for no track the root Service of the live tracks."""
+    pods = selector(owner, track) if track else {**selector(owner, None), LIVE_LABEL: "true"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": owner.metadata(owner.object_name(track), selector(owner, track)),
         "spec": {
-            "selector": selector(owner, track),
+            "selector": pods,
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -137,3 +152,12 @@ def deployment_serving(obj: dict[str, Any] | None) -> str | None:
     )
     digest: str | None = spec["template"]["metadata"].get("annotations", {}).get(DIGEST_ANNOTATION)
     return digest if rolled_out else None
+
+
+def deployment_capacity(obj: dict[str, Any] | None) -> int:
+    """The share of requests a fully rolled-out, available Deployment is sized for; 0 otherwise."""
+    if deployment_serving(obj) is None:
+        return 0
+    assert obj is not None
+    value = (obj["metadata"].get("annotations") or {}).get(CAPACITY_ANNOTATION, "100")
+    return int(value) if value.isdigit() else 0

@@ -1,4 +1,4 @@
-"""The canary state machine: ``decide(spec, status, observation, now) -> (decision, status)``.
+"""The rollout state machine: ``decide(spec, status, observation, now) -> (decision, status)``.
 
 Pure and deterministic: time is passed in, nothing is read from the world, and the same inputs give
 the same outputs — so a restarted operator that re-reads ``.status`` reaches the same outcome.
@@ -6,21 +6,26 @@ the same outputs — so a restarted operator that re-reads ``.status`` reaches t
 Rules, in the order they are applied each tick:
 1. A new resource deploys its model as stable (Initializing → Succeeded), without analysis.
 2. A spec model equal to stable is a no-op; if a canary was running it is discarded.
-3. A spec model different from both stable and canary starts a canary from the first step, also in
-   the middle of a rollout (the new canary replaces the old one). A rolled-back canary is not retried
-   until the spec changes or the ``retry`` command arrives.
+3. A spec model different from both stable and canary starts a candidate from the first stage of
+   its strategy (``plan.stages``), also in the middle of a rollout (the new candidate replaces the old
+   one; so does a changed ``strategy.type``). A rolled-back candidate is not retried until the spec
+   changes or the ``retry`` command arrives.
 4. Commands (abort, promote, pause, resume) apply before analysis.
 5. Analysis: ``failureLimit`` failures in a row roll back; inconclusive results (too few requests, no
    data, Prometheus unreachable) neither pass nor fail, and after ``inconclusiveLimit`` of them in a
    row ``onNoData`` decides. A step advances only on a passing analysis taken at that step, so a
    rollout can never be promoted past a failed analysis.
+6. Capacity before traffic: before a stage gives the candidate a larger share (live or mirrored), its
+   pods are scaled for that share and must all be available; only then does the route change.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 
 from model_operator.durations import parse_duration
+from model_operator.rollout.plan import UNTIL_PROMOTED, Stage, candidate_track, stages, switch_index
 from model_operator.rollout.types import (
     AnalysisOutcome,
     Command,
@@ -35,7 +40,6 @@ from model_operator.spec import (
     RECENT_ANALYSIS_LIMIT,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
-    ModelRef,
     Phase,
     Verdict,
 )
@@ -57,18 +61,15 @@ TRANSITIONS: dict[Phase | None, set[Phase]] = {
 }
 
 
-def step_weight(spec: ModelDeploymentSpec, step: int) -> int:
-    """Canary weight at ``step``: the last setWeight at or before it (0 before the first)."""
-    weight = 0
-    for s in spec.strategy.canary.steps[: step + 1]:
-        if s.set_weight is not None:
-            weight = s.set_weight
-    return weight
+def current_stage(plan: list[Stage], status: ModelDeploymentStatus) -> Stage:
+    return plan[min(status.current_step, len(plan) - 1)]
 
 
 def analysis_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: dt.datetime) -> bool:
     """Whether the caller should run an analysis before calling ``decide``."""
-    if status.phase not in ACTIVE or status.canary_weight == 0:
+    if status.phase not in ACTIVE or status.canary is None or not status.step_entered:
+        return False
+    if not current_stage(stages(spec), status).analysed:
         return False
     last = parse_time(status.last_analysis_at) or parse_time(status.step_started_at)
     return last is None or (now - last).total_seconds() >= parse_duration(spec.analysis.interval)
@@ -103,21 +104,27 @@ def decide(
             _enter(new, Phase.SUCCEEDED, f"{new.stable.version} is stable", events)
         return _done(new, events, IDLE_REQUEUE)
 
-    if not spec.model.same_artifact(new.canary):
-        _start_canary(new, spec.model, now, events)
+    if not spec.model.same_artifact(new.canary) or (new.phase in ACTIVE and new.strategy != spec.strategy.type):
+        _start_canary(new, spec, now, events)
     elif new.phase is Phase.ROLLED_BACK:
         if Command.RETRY not in commands:
             return _done(new, events, IDLE_REQUEUE)
-        _start_canary(new, spec.model, now, events)
+        _start_canary(new, spec, now, events)
 
     if new.phase is Phase.ROLLING_BACK:
         return _finish_rollback(new, obs, events)
 
     # Progressing or Paused from here on.
+    plan = stages(spec)
+    new.current_step = min(new.current_step, len(plan) - 1)
     if Command.ABORT in commands:
         return _rollback(new, obs, now, "aborted by user", events)
     if Command.PROMOTE in commands:
-        return _begin_promotion(new, obs, "promoted by user", events)
+        switch = switch_index(plan, new.current_step)
+        if switch is None or (switch == new.current_step and new.step_entered):
+            return _begin_promotion(new, obs, "promoted by user", events)
+        new.current_step, new.step_entered, new.paused_by_user = switch, False, False
+        _enter(new, Phase.PROGRESSING, "promoted by user: switching", events)
     if Command.PAUSE in commands:
         new.paused_by_user = True
         _enter(new, Phase.PAUSED, "paused by user", events)
@@ -133,16 +140,33 @@ def decide(
             return outcome
 
     if new.phase is Phase.PROGRESSING:
-        if _advance(spec, new, obs, now, events):
-            return _begin_promotion(new, obs, f"all {len(spec.strategy.canary.steps)} steps passed", events)
-        requeue = min(requeue, _pause_remaining(spec, new, now))
+        progress = _advance(plan, new, obs, now, events)
+        if progress is _Progress.PROMOTE:
+            return _begin_promotion(new, obs, f"all {len(plan)} steps passed", events)
+        if progress is _Progress.WAITING:
+            requeue = PROMOTE_POLL
+        requeue = min(requeue, _hold_remaining(plan, new, now))
     return _done(new, events, max(requeue, 0.5))
 
 
 def desired_state(status: ModelDeploymentStatus) -> Desired | None:
     if status.stable is None:
         return None
-    return Desired(stable=status.stable, canary=status.canary, canary_weight=status.canary_weight)
+    return Desired(
+        stable=status.stable,
+        canary=status.canary,
+        canary_weight=status.canary_weight,
+        mirror_percent=status.mirror_percent,
+        canary_capacity=max(status.canary_capacity, status.canary_weight, status.mirror_percent),
+        track=candidate_track(status.strategy),
+    )
+
+
+def role(status: ModelDeploymentStatus) -> str:
+    """What to call the candidate in messages: preview, shadow or canary."""
+    if status.strategy == "BlueGreen":
+        return "preview"
+    return "shadow" if status.mirror_percent else "canary"
 
 
 def _done(new: ModelDeploymentStatus, events: list[Event], requeue: float) -> tuple[Decision, ModelDeploymentStatus]:
@@ -170,66 +194,84 @@ def _reset_analysis(new: ModelDeploymentStatus) -> None:
     new.consecutive_inconclusive = 0
     new.first_failure_at = None
     new.last_analysis_at = None
+    new.step_passes = 0
 
 
-def _start_canary(new: ModelDeploymentStatus, model: ModelRef, now: dt.datetime, events: list[Event]) -> None:
+def _start_canary(new: ModelDeploymentStatus, spec: ModelDeploymentSpec, now: dt.datetime, events: list[Event]) -> None:
     replaced = new.canary is not None and new.phase in ACTIVE
-    new.canary = model
-    new.current_step = 0
-    new.canary_weight = 0
+    _discard_canary(new)
+    new.canary = spec.model
+    new.strategy = spec.strategy.type
     new.step_started_at = format_time(now)
     new.rollback_started_at = None
     new.aborted = False
     new.paused_by_user = False
-    _reset_analysis(new)
-    note = " (replacing the previous canary)" if replaced else ""
-    _enter(new, Phase.PROGRESSING, f"canary {model.version} started{note}", events)
+    note = " (replacing the previous candidate)" if replaced else ""
+    what = "shadow" if spec.strategy.type == "Shadow" else role(new)
+    _enter(new, Phase.PROGRESSING, f"{what} {spec.model.version} started{note}", events)
     if new.phase is Phase.PROGRESSING and replaced:
-        events.append(Event(reason="CanaryReplaced", message=f"new spec: canary {model.version} restarts"))
+        events.append(Event(reason="CanaryReplaced", message=f"new spec: {what} {spec.model.version} restarts"))
 
 
 def _discard_canary(new: ModelDeploymentStatus) -> None:
     new.canary = None
+    new.strategy = None
     new.canary_weight = 0
+    new.mirror_percent = 0
+    new.canary_capacity = 0
     new.current_step = 0
+    new.step_entered = False
     _reset_analysis(new)
+
+
+def _stop_traffic(new: ModelDeploymentStatus) -> None:
+    """No live share and no mirrored copy for the candidate; its pods shrink back to their minimum."""
+    new.canary_weight = 0
+    new.mirror_percent = 0
+    new.canary_capacity = 0
 
 
 def _rollback(
     new: ModelDeploymentStatus, obs: Observation, now: dt.datetime, reason: str, events: list[Event]
 ) -> tuple[Decision, ModelDeploymentStatus]:
-    new.canary_weight = 0
+    what = f"{role(new)} {new.canary.version if new.canary else ''}"
+    _stop_traffic(new)
     new.rollback_started_at = new.first_failure_at or format_time(now)
     new.aborted = True
-    _enter(new, Phase.ROLLING_BACK, f"rolling back {new.canary.version if new.canary else ''}: {reason}", events, True)
+    _enter(new, Phase.ROLLING_BACK, f"rolling back {what}: {reason}", events, True)
     return _finish_rollback(new, obs, events)
 
 
 def _finish_rollback(
     new: ModelDeploymentStatus, obs: Observation, events: list[Event]
 ) -> tuple[Decision, ModelDeploymentStatus]:
-    """RolledBack once the router confirms the canary's weight is 0."""
-    new.canary_weight = 0
+    """RolledBack once the router confirms the candidate's weight is 0 (the mirror goes in the same write)."""
+    _stop_traffic(new)
     if obs.traffic_weight != 0:
         return _done(new, events, PROMOTE_POLL)
     stable = new.stable.version if new.stable else "?"
-    _enter(new, Phase.ROLLED_BACK, f"stable {stable} takes all traffic; canary stays down", events, True)
+    _enter(new, Phase.ROLLED_BACK, f"stable {stable} takes all traffic; {role(new)} gets none", events, True)
     return _done(new, events, IDLE_REQUEUE)
 
 
 def _begin_promotion(
     new: ModelDeploymentStatus, obs: Observation, reason: str, events: list[Event]
 ) -> tuple[Decision, ModelDeploymentStatus]:
-    new.canary_weight = 100
     _enter(new, Phase.PROMOTING, reason, events)
     _promote(new, obs, events)
     return _done(new, events, PROMOTE_POLL)
 
 
 def _promote(new: ModelDeploymentStatus, obs: Observation, events: list[Event]) -> bool:
-    """True once promotion is complete. First the stable Deployment gets the canary's model while the
-    canary holds 100%; once stable is available with it, traffic returns to stable and the canary goes."""
+    """True once promotion is complete. First the candidate is sized for all traffic and takes it; then
+    the stable Deployment gets its model; once stable is available with it, traffic returns to stable
+    and the candidate goes."""
     assert new.canary is not None
+    new.mirror_percent = 0
+    if new.canary_weight < 100:
+        if _ready_for(100, new, obs):
+            new.canary_weight = 100
+        return False
     if not new.canary.same_artifact(new.stable):
         new.stable = new.canary
         new.canary_weight = 100
@@ -254,6 +296,7 @@ def _judge(
     new.analysis = (new.analysis + outcome.results)[-RECENT_ANALYSIS_LIMIT:]
     analysis = spec.analysis
     if outcome.verdict is Verdict.FAIL:
+        new.step_passes = 0
         new.consecutive_failures += 1
         new.consecutive_inconclusive = 0
         new.first_failure_at = new.first_failure_at or format_time(now)
@@ -267,10 +310,11 @@ def _judge(
             )
         return None
     if outcome.verdict is Verdict.PASS:
+        new.step_passes += 1
         new.consecutive_failures = 0
         new.consecutive_inconclusive = 0
         new.first_failure_at = None
-        if new.phase is Phase.PAUSED and not new.paused_by_user and _pause_step(spec, new) is None:
+        if new.phase is Phase.PAUSED and not new.paused_by_user and _indefinite(spec, new) is False:
             _enter(new, Phase.PROGRESSING, "metrics are back", events)
         return None
     new.consecutive_inconclusive += 1
@@ -284,65 +328,76 @@ def _judge(
     return None
 
 
-def _pause_step(spec: ModelDeploymentSpec, new: ModelDeploymentStatus) -> float | None:
-    """Duration of the current pause step in seconds; inf for an indefinite pause; None if not a pause."""
-    step = spec.strategy.canary.steps[new.current_step]
-    if step.pause is None:
-        return None
-    return parse_duration(step.pause.duration) if step.pause.duration else float("inf")
+def _indefinite(spec: ModelDeploymentSpec, new: ModelDeploymentStatus) -> bool:
+    """Whether the current stage holds until promoted (a pause no analysis can end)."""
+    return current_stage(stages(spec), new).hold == UNTIL_PROMOTED
 
 
-def _pause_remaining(spec: ModelDeploymentSpec, new: ModelDeploymentStatus, now: dt.datetime) -> float:
-    pause = _pause_step(spec, new)
+def _hold_remaining(plan: list[Stage], new: ModelDeploymentStatus, now: dt.datetime) -> float:
+    hold = current_stage(plan, new).hold
     started = parse_time(new.step_started_at)
-    if pause is None or pause == float("inf") or started is None:
+    if hold is None or hold == UNTIL_PROMOTED or started is None or not new.step_entered:
         return float("inf")
-    return pause - (now - started).total_seconds()
+    return hold - (now - started).total_seconds()
+
+
+class _Progress(StrEnum):
+    MOVED = "moved"
+    WAITING = "waiting"
+    """For the candidate's pods: check again soon."""
+    PROMOTE = "promote"
 
 
 def _advance(
-    spec: ModelDeploymentSpec, new: ModelDeploymentStatus, obs: Observation, now: dt.datetime, events: list[Event]
-) -> bool:
-    """Move through as many steps as are complete right now; True when promotion begins."""
-    steps = spec.strategy.canary.steps
+    plan: list[Stage], new: ModelDeploymentStatus, obs: Observation, now: dt.datetime, events: list[Event]
+) -> _Progress:
+    """Move through as many stages as are complete right now."""
     while new.phase is Phase.PROGRESSING:
-        if new.canary_weight != step_weight(spec, new.current_step):
-            if new.canary is not None and obs.canary_serving != new.canary.digest:
-                new.message = f"waiting for the canary {new.canary.version} pods to be available"
-                return False
-            new.canary_weight = step_weight(spec, new.current_step)
-            new.step_started_at = format_time(now)
-            events.append(
-                Event("StepStarted", f"step {new.current_step + 1}/{len(steps)}: weight {new.canary_weight}%")
-            )
-            return False
-        if not _step_complete(spec, new, now):
-            if _pause_step(spec, new) == float("inf"):
-                _enter(new, Phase.PAUSED, f"step {new.current_step + 1}: paused until promoted", events)
-            return False
-        if new.current_step + 1 >= len(steps):
-            return True
+        stage = plan[new.current_step]
+        if not new.step_entered:
+            if not _ready_for(stage.capacity, new, obs):
+                return _Progress.WAITING
+            _enter_stage(plan, new, now, events)
+            continue
+        if not _stage_complete(stage, new, now):
+            if stage.hold == UNTIL_PROMOTED:
+                how = "switch" if switch_index(plan, new.current_step) is not None else "promote"
+                _enter(new, Phase.PAUSED, f"step {new.current_step + 1}: {stage.name}; {how} with "
+                       "`modelrollout promote`", events)  # fmt: skip
+            return _Progress.MOVED
+        if new.current_step + 1 >= len(plan):
+            return _Progress.PROMOTE
         new.current_step += 1
-        new.step_started_at = format_time(now)
-        if steps[new.current_step].pause is not None:
-            events.append(Event("StepStarted", f"step {new.current_step + 1}/{len(steps)}: pause"))
+        new.step_entered = False
+    return _Progress.MOVED
+
+
+def _ready_for(capacity: int, new: ModelDeploymentStatus, obs: Observation) -> bool:
+    """Whether the candidate's pods are all available and sized for ``capacity`` percent of requests;
+    if not, asks for that size and says what it waits for."""
+    assert new.canary is not None
+    new.canary_capacity = max(new.canary_capacity, capacity)
+    if obs.canary_serving == new.canary.digest and obs.canary_capacity >= capacity:
+        return True
+    new.message = f"waiting for the {role(new)} {new.canary.version} pods to be available for {capacity}% of requests"
     return False
 
 
-def _step_complete(spec: ModelDeploymentSpec, new: ModelDeploymentStatus, now: dt.datetime) -> bool:
-    if new.consecutive_failures or new.consecutive_inconclusive:
+def _enter_stage(plan: list[Stage], new: ModelDeploymentStatus, now: dt.datetime, events: list[Event]) -> None:
+    stage = plan[new.current_step]
+    new.canary_weight = stage.weight
+    new.mirror_percent = stage.mirror
+    new.step_entered = True
+    new.step_passes = 0
+    new.step_started_at = format_time(now)
+    new.message = f"step {new.current_step + 1}/{len(plan)}: {stage.name}"
+    events.append(Event("StepStarted", new.message))
+
+
+def _stage_complete(stage: Stage, new: ModelDeploymentStatus, now: dt.datetime) -> bool:
+    if new.consecutive_failures or new.consecutive_inconclusive or new.step_passes < stage.passes:
         return False
+    if stage.hold is None:
+        return True
     started = parse_time(new.step_started_at)
-    passed_here = (
-        new.last_analysis_at is not None
-        and started is not None
-        and parse_time(new.last_analysis_at) > started  # type: ignore[operator]
-        and new.analysis
-        and new.analysis[-1].verdict is Verdict.PASS
-    )
-    pause = _pause_step(spec, new)
-    if pause is None:
-        return bool(passed_here)
-    if pause == float("inf"):
-        return False
-    return started is not None and (now - started).total_seconds() >= pause
+    return stage.hold != UNTIL_PROMOTED and started is not None and (now - started).total_seconds() >= stage.hold

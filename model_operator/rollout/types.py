@@ -13,7 +13,7 @@ class Command(StrEnum):
     """Manual control, sent as the annotation ``modelrollout.io/<command>: <unique stamp>``."""
 
     PROMOTE = "promote"
-    """Skip the remaining steps and promote the canary now."""
+    """Blue-green (and shadow then blue-green): switch now. Canary: skip the remaining steps, promote now."""
     ABORT = "abort"
     """Roll back to stable now."""
     PAUSE = "pause"
@@ -50,6 +50,9 @@ class Observation:
     canary_serving: str | None = None
     """Digest the canary Deployment is rolled out to and available with; traffic only rises when it
     equals the canary's (no weight is ever sent to pods that cannot answer)."""
+    canary_capacity: int = 0
+    """Share of requests the candidate's rolled-out, available pods are sized for (0 while not rolled
+    out); a stage that gives the candidate more waits for it."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class Desired:
     stable: ModelRef
     canary: ModelRef | None
     canary_weight: int
+    mirror_percent: int = 0
+    """Share of live requests also copied to the candidate (shadow), percent."""
+    canary_capacity: int = 0
+    """Share of requests the candidate's pods must be ready for; at least ``canary_weight``."""
+    track: str = "canary"
+    """The candidate's track: ``canary`` (canary and shadow) or ``preview`` (blue-green)."""
 
 
 @dataclass(frozen=True)

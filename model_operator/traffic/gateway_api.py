@@ -1,42 +1,60 @@
-"""Gateway API: one HTTPRoute with two weighted backendRefs (stable and canary Services)."""
+"""Gateway API: one HTTPRoute rule with two weighted backendRefs (stable and the candidate's Service) and,
+for shadow rollouts, a RequestMirror filter copying a share of requests to the candidate."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from model_operator.kube.client import Kube
-from model_operator.kube.manifests import Owner
+from model_operator.kube.manifests import CANDIDATE_TRACKS, Owner
 from model_operator.spec import ModelDeploymentSpec
+from model_operator.traffic.base import keep_stable_size_candidate
 
 API_VERSION = "gateway.networking.k8s.io/v1"
+PORT = 80
 
 
-def httproute(owner: Owner, spec: ModelDeploymentSpec, weight: int) -> dict[str, Any]:
+def httproute(
+    owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: int = 0, track: str = "canary"
+) -> dict[str, Any]:
+    """The route sending ``weight`` percent to the ``track`` Service and copying ``mirror_percent`` percent
+    of all requests to it; the gateway drops mirrored responses, so users only see the weighted backends."""
+    if not 0 <= weight <= 100 or not 0 <= mirror_percent <= 100:
+        raise ValueError(f"weight and mirror percentage must be within 0..100, got {weight} and {mirror_percent}")
     gateway = spec.traffic.gateway_api
-    route_spec: dict[str, Any] = {
-        "parentRefs": [ref.wire() for ref in gateway.parent_refs],
-        "rules": [
-            {
-                "backendRefs": [
-                    {"name": owner.object_name("stable"), "port": 80, "weight": 100 - weight},
-                    {"name": owner.object_name("canary"), "port": 80, "weight": weight},
-                ]
-            }
-        ],
+    candidate = owner.object_name(track)
+    rule: dict[str, Any] = {
+        "backendRefs": [
+            {"name": owner.object_name("stable"), "port": PORT, "weight": 100 - weight},
+            {"name": candidate, "port": PORT, "weight": weight},
+        ]
     }
+    if mirror_percent:
+        mirror: dict[str, Any] = {"backendRef": {"name": candidate, "port": PORT}}
+        if mirror_percent < 100:  # absent means all requests, and is what every implementation supports
+            mirror["percent"] = mirror_percent
+        rule["filters"] = [{"type": "RequestMirror", "requestMirror": mirror}]
+    route_spec: dict[str, Any] = {"parentRefs": [ref.wire() for ref in gateway.parent_refs], "rules": [rule]}
     if gateway.hostnames:
         route_spec["hostnames"] = gateway.hostnames
     return {"apiVersion": API_VERSION, "kind": "HTTPRoute", "metadata": owner.metadata(owner.name), "spec": route_spec}
 
 
-def canary_weight(route: dict[str, Any], canary_service: str) -> int | None:
+def canary_weight(route: dict[str, Any], candidates: set[str]) -> int | None:
+    """The share, percent, of the route's weight on the ``candidates`` Services."""
     refs = [ref for rule in route.get("spec", {}).get("rules", []) for ref in rule.get("backendRefs", [])]
     total: int = sum(ref.get("weight", 1) for ref in refs)
     if not refs or total == 0:
         return None
-    canary: int = sum(ref.get("weight", 1) for ref in refs if ref.get("name") == canary_service)
+    canary: int = sum(ref.get("weight", 1) for ref in refs if ref.get("name") in candidates)
     return round(100 * canary / total)
+
+
+def mirror_percent(route: dict[str, Any]) -> int:
+    """The share of requests the route mirrors (0: none)."""
+    filters = [f for rule in route.get("spec", {}).get("rules", []) for f in rule.get("filters") or []]
+    mirrors = [f.get("requestMirror") or {} for f in filters if f.get("type") == "RequestMirror"]
+    return max((int(m.get("percent", 100)) for m in mirrors), default=0)
 
 
 class GatewayAPIRouter:
@@ -45,18 +63,17 @@ class GatewayAPIRouter:
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
 
-    def set_weight(self, owner: Owner, spec: ModelDeploymentSpec, weight: int) -> None:
-        self._kube.apply(httproute(owner, spec, weight))
+    def set_weight(
+        self, owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: int = 0, track: str = "canary"
+    ) -> None:
+        self._kube.apply(httproute(owner, spec, weight, mirror_percent, track))
 
     def current_weight(self, owner: Owner) -> int | None:
         route = self._kube.get(API_VERSION, "HTTPRoute", owner.namespace, owner.name)
-        return None if route is None else canary_weight(route, owner.object_name("canary"))
+        return None if route is None else canary_weight(route, {owner.object_name(t) for t in CANDIDATE_TRACKS})
 
-    def replicas(self, total: int, weight: int, canary_present: bool) -> tuple[int, int]:
-        """Stable keeps full size (instant rollback); the canary is sized for its share, at least 1 pod."""
-        if not canary_present:
-            return total, 0
-        return total, max(1, math.ceil(total * weight / 100))
+    def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
+        return keep_stable_size_candidate(total, max(weight, capacity), canary_present)
 
     def note(self) -> str | None:
         return None

@@ -9,12 +9,12 @@ another namespace is involved.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from model_operator.kube.client import Kube
-from model_operator.kube.manifests import Owner
+from model_operator.kube.manifests import CANDIDATE_TRACKS, Owner
 from model_operator.spec import ModelDeploymentSpec
+from model_operator.traffic.base import keep_stable_size_candidate
 
 API_VERSION = "networking.istio.io/v1"
 KIND = "VirtualService"
@@ -32,11 +32,11 @@ def _destination(owner: Owner, track: str) -> dict[str, Any]:
 
 
 def virtual_service(
-    owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: float | None = None
+    owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: float | None = None, track: str = "canary"
 ) -> dict[str, Any]:
-    """The VirtualService sending ``weight`` percent to the canary, the rest to stable.
+    """The VirtualService sending ``weight`` percent to the candidate's ``track`` Service, the rest to stable.
 
-    ``mirror_percent`` (for shadow rollouts) also copies that share of requests to the canary; Istio
+    ``mirror_percent`` (for shadow rollouts) also copies that share of requests to the candidate; Istio
     discards the mirrored responses, so users only ever see what the weighted destinations answer.
     """
     if not 0 <= weight <= 100:
@@ -46,13 +46,13 @@ def virtual_service(
         "name": ROUTE_NAME,
         "route": [
             {"destination": _destination(owner, "stable"), "weight": 100 - weight},
-            {"destination": _destination(owner, "canary"), "weight": weight},
+            {"destination": _destination(owner, track), "weight": weight},
         ],
     }
     if mirror_percent is not None:
         if not 0 < mirror_percent <= 100:
             raise ValueError(f"mirror percentage must be within (0, 100], got {mirror_percent}")
-        route["mirror"] = _destination(owner, "canary")
+        route["mirror"] = _destination(owner, track)
         route["mirrorPercentage"] = {"value": float(mirror_percent)}
     vs_spec: dict[str, Any] = {"hosts": istio.hosts or [service_host(owner)], "http": [route]}
     if istio.gateways:
@@ -83,20 +83,19 @@ class IstioRouter:
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
 
-    def set_weight(self, owner: Owner, spec: ModelDeploymentSpec, weight: int) -> None:
-        self._kube.apply(virtual_service(owner, spec, weight))
+    def set_weight(
+        self, owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: int = 0, track: str = "canary"
+    ) -> None:
+        self._kube.apply(virtual_service(owner, spec, weight, mirror_percent or None, track))
 
     def current_weight(self, owner: Owner) -> int | None:
         found = self._kube.get(API_VERSION, KIND, owner.namespace, owner.name)
         # the short name too: a VirtualService edited by hand may name the Service relative to its namespace
-        canary = {service_host(owner, "canary"), owner.object_name("canary")}
+        canary = {name for t in CANDIDATE_TRACKS for name in (service_host(owner, t), owner.object_name(t))}
         return None if found is None else canary_weight(found, canary)
 
-    def replicas(self, total: int, weight: int, canary_present: bool) -> tuple[int, int]:
-        """As with Gateway API: stable keeps full size (instant rollback), the canary gets its share, ≥1 pod."""
-        if not canary_present:
-            return total, 0
-        return total, max(1, math.ceil(total * weight / 100))
+    def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
+        return keep_stable_size_candidate(total, max(weight, capacity), canary_present)
 
     def note(self) -> str | None:
         return None

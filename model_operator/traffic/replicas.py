@@ -24,8 +24,11 @@ class ReplicaRouter:
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
 
-    def set_weight(self, owner: Owner, spec: ModelDeploymentSpec, weight: int) -> None:
-        """Nothing to route: the Deployments' replica counts (see ``replicas``) are the weights."""
+    def set_weight(
+        self, owner: Owner, spec: ModelDeploymentSpec, weight: int, mirror_percent: int = 0, track: str = "canary"
+    ) -> None:
+        """Nothing to route: the Deployments' replica counts (see ``replicas``) are the weights. (No mirror:
+        the spec refuses Shadow and BlueGreen with this provider.)"""
 
     def current_weight(self, owner: Owner) -> int | None:
         counts = []
@@ -35,7 +38,8 @@ class ReplicaRouter:
         total = sum(counts)
         return None if total == 0 else round(100 * counts[1] / total)
 
-    def replicas(self, total: int, weight: int, canary_present: bool) -> tuple[int, int]:
+    def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
+        """Pods are the weights here, so they follow ``weight``; sizing ahead would move traffic early."""
         return split(total, weight if canary_present else 0)
 
     def note(self) -> str | None:

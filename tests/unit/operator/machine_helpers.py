@@ -52,7 +52,8 @@ class Driver:
         serving = self.status.stable.digest if self.stable_available and self.status.stable else None
         # pods of the spec's model come up at once unless a test says otherwise
         canary = self.spec.model.digest if self.canary_available else None
-        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary)
+        capacity = self.status.canary_capacity if self.canary_available else 0
+        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary, capacity)
         self.last, self.status = decide(self.spec, self.status, obs, self.now)
         self.history.append(self.status)
         return self.status

@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from model_operator.rollout.machine import TRANSITIONS, analysis_due, step_weight
+from model_operator.rollout.machine import TRANSITIONS, analysis_due
+from model_operator.rollout.plan import stages
 from model_operator.rollout.types import Command
 from model_operator.spec import Phase, Verdict
 from tests.unit.operator.machine_helpers import Driver, make_spec, model
@@ -229,7 +230,7 @@ def test_analysis_is_due_once_per_interval_only_with_canary_traffic() -> None:
 
 def test_step_weight_is_the_last_set_weight() -> None:
     spec = make_spec()
-    assert [step_weight(spec, i) for i in range(len(spec.strategy.canary.steps))] == [5, 5, 25, 25, 50, 50, 100]
+    assert [stage.weight for stage in stages(spec)] == [5, 5, 25, 25, 50, 50, 100]
 
 
 def test_every_observed_transition_is_allowed() -> None:
