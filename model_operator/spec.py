@@ -379,7 +379,10 @@ class Analysis(Model):
         return value
 
 
-ROUTED_STRATEGIES_RULE = "self.strategy.type == 'Canary' || self.traffic.provider != 'replicas'"
+ROUTED_STRATEGIES_RULE = (  # absent fields take their defaults (Canary, gatewayAPI)
+    "!has(self.strategy) || !has(self.strategy.type) || self.strategy.type == 'Canary' || "
+    "!has(self.traffic) || !has(self.traffic.provider) || self.traffic.provider != 'replicas'"
+)
 ROUTED_STRATEGIES_MESSAGE = (
     "strategy.type BlueGreen and Shadow need traffic.provider gatewayAPI or istio: the replicas provider "
     "can neither keep a preview off live traffic nor mirror requests"

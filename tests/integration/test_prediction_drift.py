@@ -4,43 +4,30 @@ prediction-distribution comparison (``compareToStable.predictionDrift``) on the 
 The same loop as ``test_operator_canary.py``: API server + controllers + kwok, the operator as the chart's
 ServiceAccount, real model-server processes, real Prometheus; ``WeightedLoad`` forwards requests by the
 HTTPRoute weights, posting rows of the iris data set (one fixed row would get one class from both models).
-The chart is installed as a release of its own (``fullnameOverride``), so this module neither needs nor
-disturbs the ``modelrollout`` release other modules install into the same namespace, and its operator holds
-a Lease of its own.
+The chart is installed as a release of its own (``tests/support/release_rig.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client as k8s
 from sklearn.datasets import load_iris
 
 from model_server.bundle import ModelManifest
-from model_server.training import load_config, train
-from tests.conftest import EXAMPLES
 from tests.rig import Cluster, Prometheus
-from tests.support.helm import CHART, Helm
-from tests.support.rollouts import (
-    LEASE_NAMESPACE,
-    OperatorProcess,
-    WeightedLoad,
-    model_deployment,
-    model_ref,
-    wait_for,
-)
-from tests.support.servers import REPO, ServerProcess
+from tests.support.release_rig import ReleaseRig as Rig
+from tests.support.release_rig import release_rig
+from tests.support.rollouts import WeightedLoad, model_deployment, model_ref, wait_for
+from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "drift-rollouts"
 RELEASE = "drift"  # fullnameOverride: ServiceAccount, ClusterRole and the Role's one Lease are "drift-operator"
-GROUP, VERSION, PLURAL = "modelrollout.io", "v1alpha1", "modeldeployments"
 
 
 def iris_rows() -> list[dict[str, float]]:
@@ -48,58 +35,10 @@ def iris_rows() -> list[dict[str, float]]:
     return [dict(zip(names, map(float, row), strict=True)) for row in load_iris().data]
 
 
-@dataclass
-class Rig:
-    cluster: Cluster
-    prometheus: Prometheus
-    operator: OperatorProcess
-    bundles: Path
-    trained: dict[tuple[str, str], ModelManifest] = field(default_factory=dict)
-
-    @property
-    def custom(self) -> k8s.CustomObjectsApi:
-        return k8s.CustomObjectsApi(self.cluster.api_client)
-
-    def status(self, name: str) -> dict[str, Any]:
-        obj = cast(dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name))
-        return cast(dict[str, Any], obj.get("status") or {})
-
-    def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            status = self.status(name)
-            return status if status.get("phase") in phases else None
-
-        return wait_for(reached, timeout, f"{name} phase in {phases}")
-
-    def bundle(self, stem: str, version: str) -> tuple[ModelManifest, Path]:
-        """``examples/<stem>.yaml`` trained with this version label (once)."""
-        out = self.bundles / f"{stem}-{version}"
-        if (stem, version) not in self.trained:
-            config = load_config(EXAMPLES / f"{stem}.yaml").model_copy(update={"version": version})
-            self.trained[(stem, version)] = train(config, out)
-        return self.trained[(stem, version)], out
-
-
 @pytest.fixture(scope="module")
 def rig(cluster: Cluster, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    cluster.apply(REPO / "crds" / "modeldeployments.yaml")
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelrollout.io", "--timeout=60s")
-    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
-    cluster.create_namespace(LEASE_NAMESPACE, restricted)
-    cluster.create_namespace(NAMESPACE, restricted)
-    tmp = tmp_path_factory.mktemp("drift")
-    helm = Helm(tmp / "helm", cluster.kubeconfig)
-    values = {"fullnameOverride": RELEASE, "operator": {"replicas": 0}}
-    # upgrade --install: a release left behind by an interrupted session is taken over, not an error
-    helm.run("upgrade", "--install", RELEASE, str(CHART), "-n", LEASE_NAMESPACE, *helm.values_args(values), "--wait")
-    kubeconfig = cluster.mint_service_account_kubeconfig(LEASE_NAMESPACE, f"{RELEASE}-operator")
-    operator = OperatorProcess(kubeconfig, tmp / "operator.log", env={"MODELROLLOUT_LEASE_NAME": f"{RELEASE}-operator"})
-    try:
-        operator.start()
-        yield Rig(cluster, prometheus, operator, tmp / "bundles")
-    finally:
-        operator.stop()
-        helm.run("uninstall", RELEASE, "-n", LEASE_NAMESPACE, "--wait", check=False)
+    with release_rig(cluster, prometheus, tmp_path_factory.mktemp("drift"), RELEASE, NAMESPACE) as made:
+        yield made
 
 
 STEPS = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"setWeight": 100}]
@@ -135,11 +74,7 @@ def servers(rig: Rig, tmp_path: Path) -> Iterator[Callable[[str, str], tuple[Ser
 
     yield run
     for name, stable, canary in started:
-        try:
-            rig.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
+        rig.delete(name)
         for job in (f"{name}-stable", f"{name}-canary"):
             rig.prometheus.remove_target(job)
         stable.stop()

@@ -1,8 +1,9 @@
 """Pieces of the operator integration tests: the operator process, a weighted load generator that acts
-as the gateway (it reads the HTTPRoute weights from the API server), and polling helpers."""
+as the gateway (it reads the HTTPRoute's weights and mirror filter from the API server), and polling helpers."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -40,8 +41,10 @@ def model_deployment(
     prometheus: str,
     steps: Sequence[Mapping[str, Any]],
     analysis: Mapping[str, Any],
+    strategy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ModelDeployment of two replicas whose canary walks ``steps``, analysed by ``prometheus``."""
+    """A ModelDeployment of two replicas whose canary walks ``steps``, analysed by ``prometheus``;
+    ``strategy`` adds to ``spec.strategy`` (``{"type": "BlueGreen", "blueGreen": {...}}``)."""
     return {
         "apiVersion": "modelrollout.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -50,7 +53,7 @@ def model_deployment(
             "model": dict(model),
             "image": SERVER_IMAGE,
             "replicas": 2,
-            "strategy": {"canary": {"steps": list(steps)}},
+            "strategy": {"canary": {"steps": list(steps)}, **(strategy or {})},
             "analysis": {**analysis, "prometheus": {"address": prometheus}},
         },
     }
@@ -176,10 +179,13 @@ class OperatorProcess:
 
 
 class WeightedLoad:
-    """Sends ``rate`` requests/s to the stable or canary server, split by the HTTPRoute's weights.
+    """Sends ``rate`` requests/s to the stable or candidate server, split by the HTTPRoute's weights, and
+    copies the share its RequestMirror filter names to the mirror's backend, discarding the copy's answer.
 
     This is the gateway's job in a real cluster; here it is the only thing not done by a real
-    component. Bounded: it stops after ``max_seconds`` even if nobody calls ``stop``.
+    component. ``direct`` adds requests/s sent straight to one track's Service, as a smoke test or QA
+    client hits a blue-green preview (counted in ``sent_direct``, never in ``sent``). Bounded: it stops
+    after ``max_seconds`` even if nobody calls ``stop``.
     """
 
     def __init__(
@@ -192,12 +198,20 @@ class WeightedLoad:
         max_seconds: float = 240.0,
         senders: int = 4,
         rows: Sequence[Mapping[str, float]] = (ROW,),
+        direct: Mapping[str, float] | None = None,
     ) -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self.namespace, self.route, self.backends = namespace, route, backends
         self.rate, self.max_seconds = rate, max_seconds
         self.sent: Counter[tuple[str, int]] = Counter()
+        """Live requests by (track, status): what users got."""
+        self.mirrored: Counter[tuple[str, int]] = Counter()
+        """Mirrored copies by (track, status): answered, then discarded."""
+        self.sent_direct: Counter[tuple[str, int]] = Counter()
         self.weights: list[tuple[float, int]] = []
+        self.mirrors: list[tuple[float, int]] = []
+        """(time, percent mirrored) as the route said, next to ``weights``."""
+        self._mirror: tuple[str, int] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.errors: list[str] = []
@@ -206,6 +220,10 @@ class WeightedLoad:
         self.rows = list(rows)  # each request posts one, picked at random (prediction-mix tests need variety)
         self._threads = [threading.Thread(target=self._watch, daemon=True)]
         self._threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(senders)]
+        self._threads += [
+            threading.Thread(target=self._send_direct, args=(track, per_second), daemon=True)
+            for track, per_second in (direct or {}).items()
+        ]
 
     def start(self) -> WeightedLoad:
         for thread in self._threads:
@@ -219,8 +237,10 @@ class WeightedLoad:
                 thread.join(10)
 
     def canary_weight(self) -> int | None:
+        """The candidate's (canary or preview) share of the route's weight."""
         total = sum(self._weights.values())
-        return None if not total else round(100 * self._weights.get("canary", 0) / total)
+        candidate = sum(w for track, w in self._weights.items() if track != "stable")
+        return None if not total else round(100 * candidate / total)
 
     def _watch(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -229,9 +249,19 @@ class WeightedLoad:
                 route: dict[str, Any] = self._custom.get_namespaced_custom_object(
                     "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.route
                 )
-                refs = [r for rule in route["spec"]["rules"] for r in rule["backendRefs"]]
+                rules = route["spec"]["rules"]
+                refs = [r for rule in rules for r in rule["backendRefs"]]
                 self._weights = {r["name"].rsplit("-", 1)[-1]: int(r.get("weight", 1)) for r in refs}
-                self.weights.append((time.monotonic(), self.canary_weight() or 0))
+                mirrors = [f["requestMirror"] for rule in rules for f in rule.get("filters") or []
+                           if f["type"] == "RequestMirror"]  # fmt: skip
+                self._mirror = (
+                    (mirrors[0]["backendRef"]["name"].rsplit("-", 1)[-1], int(mirrors[0].get("percent", 100)))
+                    if mirrors
+                    else None
+                )
+                now = time.monotonic()
+                self.weights.append((now, self.canary_weight() or 0))
+                self.mirrors.append((now, self._mirror[1] if self._mirror else 0))
             except k8s.ApiException:
                 pass
             self._stop.wait(0.25)
@@ -251,14 +281,33 @@ class WeightedLoad:
                     if pick <= 0 and weight > 0:
                         track = name
                         break
-                url = self.backends.get(track)
-                if url is not None:
-                    try:
-                        row = self.rows[rng.randrange(len(self.rows))] if len(self.rows) > 1 else self.rows[0]
-                        status = client.post(f"{url}/predict", json=row).status_code
-                    except Exception as exc:  # a sender must never die: record and go on
-                        self.errors.append(repr(exc))
-                        status = 599
-                    with self._lock:
-                        self.sent[(track, status)] += 1
+                row = self.rows[rng.randrange(len(self.rows))] if len(self.rows) > 1 else self.rows[0]
+                self._post(client, track, row, self.sent)
+                mirror = self._mirror
+                if mirror is not None and rng.uniform(0, 100) < mirror[1]:
+                    self._post(client, mirror[0], row, self.mirrored)
                 self._stop.wait(max(0.0, self._senders / self.rate - (time.monotonic() - started)))
+
+    def _send_direct(self, track: str, per_second: float) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(timeout=5) as client:
+            for index in itertools.count():
+                if self._stop.is_set() or time.monotonic() >= deadline:
+                    return
+                started = time.monotonic()
+                self._post(client, track, self.rows[index % len(self.rows)], self.sent_direct)
+                self._stop.wait(max(0.0, 1 / per_second - (time.monotonic() - started)))
+
+    def _post(
+        self, client: httpx.Client, track: str, row: Mapping[str, float], counts: Counter[tuple[str, int]]
+    ) -> None:
+        url = self.backends.get(track)
+        if url is None:
+            return
+        try:
+            status = client.post(f"{url}/predict", json=row).status_code
+        except Exception as exc:  # a sender must never die: record and go on
+            self.errors.append(repr(exc))
+            status = 599
+        with self._lock:
+            counts[(track, status)] += 1
