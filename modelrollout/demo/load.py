@@ -5,21 +5,28 @@ to catch up) and stop after ``max_seconds`` even if nobody calls ``stop``. Every
 — when it was sent, which track and version answered, its status and latency — so the live view and
 the timeline show what clients saw, next to what the operator's analysis saw.
 Status 599 is a transport error; 503 means the route chose a backend with no ready process.
+
+A request the route mirrors (a shadow rollout's RequestMirror filter) is also sent, at the same time and
+from a separate pool as a gateway does, to the mirror backend; that answer is discarded — kept apart in
+``mirrored()``, never in what clients saw — and a slow or failing mirror never delays the client.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
-from modelrollout.demo.router import LocalRouter
+from modelrollout.demo.local_kube import Endpoint
+from modelrollout.demo.router import TRACK_LABEL, LocalRouter
 
 # A few real iris rows (one or two per class), so predictions are not all the same class.
 ROWS = (
@@ -83,11 +90,15 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
+        self._mirrored: list[Outcome] = []
+        self._mirror_pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="mirror")
+        self._mirror_client: httpx.Client | None = None
         self._threads = [
             threading.Thread(target=self._send, args=(i,), name=f"load-{i}", daemon=True) for i in range(senders)
         ]
 
     def start(self) -> LoadGenerator:
+        self._mirror_client = httpx.Client(timeout=REQUEST_TIMEOUT)
         for thread in self._threads:
             thread.start()
         return self
@@ -98,10 +109,18 @@ class LoadGenerator:
         for thread in self._threads:
             if thread.ident is not None:
                 thread.join(REQUEST_TIMEOUT + 1)
+        self._mirror_pool.shutdown(wait=True, cancel_futures=True)
+        if self._mirror_client is not None:
+            self._mirror_client.close()
 
     def outcomes(self) -> list[Outcome]:
         with self._lock:
             return list(self._outcomes)
+
+    def mirrored(self) -> list[Outcome]:
+        """The mirrored copies, in the order their answers came back; no client saw these."""
+        with self._lock:
+            return list(self._mirrored)
 
     def first_sent(self, track: str, version: str, after: float = 0.0) -> float | None:
         """When the first request to ``track`` served by ``version`` was sent (at or after ``after``)."""
@@ -139,13 +158,28 @@ class LoadGenerator:
                 if pick is None:
                     continue
                 sent = self._clock()
+                row = rng.choice(ROWS)
+                if pick.mirror is not None and self._mirror_client is not None:
+                    with contextlib.suppress(RuntimeError):  # stop() shut the pool down meanwhile
+                        self._mirror_pool.submit(self._send_copy, self._mirror_client, pick.mirror, row)
                 status = NO_ENDPOINTS
                 if pick.url is not None:
                     try:
-                        status = client.post(f"{pick.url}/predict", json=rng.choice(ROWS)).status_code
+                        status = client.post(f"{pick.url}/predict", json=row).status_code
                     except httpx.HTTPError:
                         status = TRANSPORT_ERROR
                 outcome = Outcome(sent, pick.track, pick.version, status, self._clock() - sent, pick.url is not None)
                 with self._lock:
                     index = bisect.bisect_right(self._outcomes, sent, key=lambda o: o.sent)
                     self._outcomes.insert(index, outcome)
+
+    def _send_copy(self, client: httpx.Client, endpoint: Endpoint, row: dict[str, float]) -> None:
+        """A mirrored request: sent like any other, its answer recorded apart and otherwise dropped."""
+        sent = self._clock()
+        try:
+            status = client.post(f"{endpoint.url}/predict", json=row).status_code
+        except httpx.HTTPError:
+            status = TRANSPORT_ERROR
+        track, version = endpoint.labels.get(TRACK_LABEL, "?"), endpoint.labels.get("version", "?")
+        with self._lock:
+            self._mirrored.append(Outcome(sent, track, version, status, self._clock() - sent))

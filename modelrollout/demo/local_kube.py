@@ -12,7 +12,9 @@ What it stores and how it behaves, mirroring what the operator relies on from a 
   new process starts, and once it is ready the old one is terminated. Scaling to 0 terminates it.
   Status (observedGeneration, replicas, updatedReplicas, readyReplicas, availableReplicas) is computed
   from the processes' readiness, so ``manifests.deployment_serving`` works unchanged; one process
-  reports ``spec.replicas`` pods;
+  reports ``spec.replicas`` pods. A replicas change is a spec change (a new generation, observed at once:
+  this stand-in controller is synchronous), and the capacity annotation the operator writes is kept, so
+  ``manifests.deployment_capacity`` reads back the share a candidate's pods are sized for;
 - a terminating process keeps serving for ``termination_delay`` seconds before its SIGTERM (like a
   preStop sleep), so the gateway moves traffic away before the process stops listening;
 - Services and HTTPRoutes are only stored; ``endpoints`` resolves a Service selector to ready processes.

@@ -75,8 +75,11 @@ def train_bundle(version: str, root: Path) -> ModelRef:
     return ModelRef(name=NAME, version=version, uri=out.as_uri() + "/", digest=manifest.digest)
 
 
-def model_deployment(model: ModelRef, profile: Profile, prometheus: str | None) -> dict[str, Any]:
-    """The ModelDeployment the demo applies, as a user would write it."""
+def model_deployment(
+    model: ModelRef, profile: Profile, prometheus: str | None, strategy: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ModelDeployment the demo applies, as a user would write it; ``strategy`` replaces the demo's
+    canary steps (5 → 25 → 50 → 100 %, a pause after each)."""
     pause = {"pause": {"duration": profile.pause}}
     steps = [{"setWeight": 5}, pause, {"setWeight": 25}, pause, {"setWeight": 50}, pause, {"setWeight": 100}]
     analysis: dict[str, Any] = {
@@ -98,7 +101,7 @@ def model_deployment(model: ModelRef, profile: Profile, prometheus: str | None) 
             "model": model.wire(),
             "image": "modelrollout-server:local",  # unused: LocalKube runs this installation's server
             "replicas": 1,
-            "strategy": {"type": "Canary", "canary": {"steps": steps}},
+            "strategy": dict(strategy or {"type": "Canary", "canary": {"steps": steps}}),
             "traffic": {"provider": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "local-gateway"}]}},
             "analysis": analysis,
         },

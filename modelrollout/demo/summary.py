@@ -1,7 +1,8 @@
 """The demo's results: ``summary.json`` (what the integration test reads) and the closing lines.
 
 Rollback latency is measured from the outside, as a user would: from the first request the gateway
-sent to the bad canary to the first operator tick after which the HTTPRoute gave the canary weight 0.
+sent to the bad candidate (canary or preview track) to the first operator tick after which the HTTPRoute
+gave it weight 0.
 The operator's own measure (``modelrollout_rollback_duration_seconds``: first failed analysis → weight
 0) is reported next to it.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_operator.kube.manifests import CANDIDATE_TRACKS
 from model_operator.metrics import OperatorMetrics
 from modelrollout.demo.journal import Chapter, Journal
 from modelrollout.demo.load import Outcome
@@ -64,7 +66,8 @@ def _rollout(run: Run, chapter: Chapter) -> dict[str, Any]:
 
 def rollback_latency(run: Run) -> tuple[float | None, float | None]:
     """(first bad canary request, weight back to 0) as monotonic times; None when it did not happen."""
-    first = next((o.sent for o in run.outcomes if o.track == "canary" and o.version == run.bad_version), None)
+    bad = (o for o in run.outcomes if o.track in CANDIDATE_TRACKS and o.version == run.bad_version)
+    first = next((o.sent for o in bad), None)
     if first is None:
         return None, None
     zero = next((t.at for t in run.journal.ticks if t.at >= first and t.weight == 0), None)

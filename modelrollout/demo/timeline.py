@@ -14,7 +14,7 @@ from modelrollout.demo.load import TRANSPORT_ERROR, Outcome, quantile
 from modelrollout.demo.summary import Run, rollback_latency
 
 SMOOTH = 3.0
-COLORS = {"stable": "#1f77b4", "canary": "#ff7f0e"}
+COLORS = {"stable": "#1f77b4", "canary": "#ff7f0e", "preview": "#9467bd"}
 VERDICT_COLORS = {"Pass": "#2ca02c", "Fail": "#d62728"}
 
 
@@ -74,7 +74,7 @@ def write_png(path: Path, run: Run, slo_p95_ms: float = 250.0, slo_error_percent
             va="top",
         )
 
-    for track in ("stable", "canary"):
+    for track in [t for t in COLORS if t in ("stable", "canary") or any(o.track == t for o in run.outcomes)]:
         xs, errors, p95s = client_series(run.outcomes, track, start, run.finished)
         error_ax.plot(xs, errors, color=COLORS[track], label=f"{track} (clients)")
         latency_ax.plot(xs, p95s, color=COLORS[track], label=f"{track} (clients)")

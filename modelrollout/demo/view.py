@@ -154,6 +154,7 @@ def render(journal: Journal, traffic: dict[str, TrackStats]) -> Group:
     versions = {
         "stable": status.stable_version if status else None,
         "canary": status.canary_version if status else None,
+        "preview": status.canary_version if status else None,
     }
     for track, stats in sorted(traffic.items()):
         tracks.add_row(track, versions.get(track) or "-", f"{stats.requests_per_second:.1f}",

@@ -52,7 +52,7 @@ def test_the_fast_demo_promotes_the_good_model_and_rolls_back_the_bad_one(
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output
     assert "\x1b[" not in result.stdout, "no terminal: plain lines, no escape codes"
-    assert "2.0.0 StepStarted: step 1/7: weight 5%" in result.stdout
+    assert "2.0.0 StepStarted: step 1/7: setWeight 5%" in result.stdout
     assert "3.0.0 RolledBack" in result.stdout
 
     summary = json.loads((out / "summary.json").read_text())

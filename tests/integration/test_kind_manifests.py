@@ -1,8 +1,10 @@
-"""The kind quickstart (docs/quickstart-kind.md, manifests/kind/) against the real API server.
+"""The kind quickstart (docs/quickstart-kind.md, manifests/kind/) and the example ModelDeployments
+(manifests/*.yaml: canary, blue-green, shadow) against the real API server.
 
 The quickstart itself needs Docker and is not run here. What is checked instead: every Kubernetes object it
-applies or shows goes through ``kubectl apply --server-side --dry-run=server`` — schema, the CRD's CEL rules
-and admission (Pod Security included) — and the pieces agree with each other (ports, names, labels).
+applies or shows, and every example, goes through ``kubectl apply --server-side --dry-run=server`` — schema,
+the CRD's CEL rules and admission (Pod Security included) — and the pieces agree with each other (ports,
+names, labels).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ KIND = REPO / "manifests" / "kind"
 QUICKSTART = REPO / "docs" / "quickstart-kind.md"
 NOT_OBJECTS = {"kind-config.yaml", "kube-prometheus-stack-values.yaml"}
 OBJECT_FILES = sorted(path for path in KIND.glob("*.yaml") if path.name not in NOT_OBJECTS)
+EXAMPLES = sorted((REPO / "manifests").glob("*.yaml"))
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 NODE_IMAGE = re.compile(r"kindest/node:v[0-9.]+@sha256:[0-9a-f]{64}")
 
@@ -67,7 +70,7 @@ def kind_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """
     cluster.apply(REPO / "crds" / "modeldeployments.yaml")
     cluster.wait_for_crds()
-    everything = [obj for path in OBJECT_FILES for obj in objects(path)] + quickstart_objects()
+    everything = [obj for path in OBJECT_FILES + EXAMPLES for obj in objects(path)] + quickstart_objects()
     declared = {o["metadata"]["name"]: o["metadata"].get("labels", {}) for o in everything if o["kind"] == "Namespace"}
     used = {o["metadata"]["namespace"] for o in everything if "namespace" in o["metadata"]}
     names = sorted(used | declared.keys())
@@ -84,6 +87,24 @@ def test_every_manifest_is_accepted_by_the_api_server(kind_cluster: Cluster, pat
     applied = [line for line in stdout.splitlines() if line.endswith("(server dry run)")]
     assert len(applied) == len(objects(path)), stdout
     assert "Warning" not in stderr, stderr  # no deprecation, unknown-field or PodSecurity warnings
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_is_accepted_by_the_api_server(kind_cluster: Cluster, path: Path) -> None:
+    _, stdout, stderr = dry_run(kind_cluster, path.read_text())
+    assert stdout.count("(server dry run)") == len(objects(path)) > 0, stdout
+    assert "Warning" not in stderr, stderr
+
+
+def test_the_examples_cover_every_strategy() -> None:
+    strategies = {
+        obj["spec"]["strategy"]["type"]: obj["spec"]["traffic"]["provider"]
+        for path in EXAMPLES
+        for obj in objects(path)
+        if obj["kind"] == "ModelDeployment"
+    }
+    assert strategies.keys() == {"Canary", "BlueGreen", "Shadow"}
+    assert "replicas" not in {strategies["BlueGreen"], strategies["Shadow"]}
 
 
 def test_the_model_store_meets_pod_security_restricted(kind_cluster: Cluster) -> None:

@@ -2,79 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from model_operator.analysis.base import MetricProvider
 from model_operator.kube import manifests
 from model_operator.kube.client import Kube
-from model_operator.metrics import OperatorMetrics
-from model_operator.reconcile import API_VERSION, Reconciler
+from model_operator.reconcile import API_VERSION
 from model_operator.spec import KIND, ModelDeploymentSpec, ModelRef, Phase
 from modelrollout.demo.local_kube import LocalKube, NotFoundError, merge_patch
 from modelrollout.demo.router import LocalRouter
 from modelrollout.demo.settings import FAST
 from modelrollout.demo.story import faults_for, model_deployment
-
-
-def ref(version: str, digest: str) -> ModelRef:
-    return ModelRef(name="iris", version=version, uri=f"file:///b/{version}/", digest="sha256:" + digest * 64)
-
-
-V1, V2 = ref("1.0.0", "1"), ref("2.0.0", "2")
-
-
-@dataclass
-class FakePod:
-    url: str
-    labels: Mapping[str, str]
-    ready: bool = False
-    code: int | None = None
-    signals: list[str] = field(default_factory=list)
-
-    def probe_ready(self) -> bool:
-        return self.ready
-
-    def exit_code(self) -> int | None:
-        return self.code
-
-    def terminate(self) -> None:
-        self.signals.append("TERM")
-
-    def kill(self) -> None:
-        self.signals.append("KILL")
-
-    def wait(self, timeout: float) -> None:
-        self.code = 0 if self.code is None else self.code
-
-    def last_log_line(self) -> str:
-        return "boom"
-
-
-@dataclass
-class FakeFactory:
-    pods: list[FakePod] = field(default_factory=list)
-    ready_at_once: bool = False
-
-    def __call__(self, name: str, args: Sequence[str], env: Mapping[str, str], labels: Mapping[str, str]) -> FakePod:
-        assert "--port" in args and "--expected-digest" in args
-        pod = FakePod(f"http://127.0.0.1:{9000 + len(self.pods)}", dict(labels), ready=self.ready_at_once)
-        self.pods.append(pod)
-        return pod
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.unit.demo.fakes import V1, V2, Clock, FakeFactory, Operator
 
 OWNER = manifests.Owner("demo", "iris", "uid-1")
 
@@ -190,6 +131,41 @@ def test_scaling_to_zero_and_crashes(world: tuple[LocalKube, FakeFactory, Clock]
     assert kube.failures() == ["iris-stable (2.0.0) exited with code 2: boom"]
 
 
+def test_capacity_annotation_and_scale_changes_read_back_as_the_operator_expects(
+    world: tuple[LocalKube, FakeFactory, Clock],
+) -> None:
+    """Capacity before traffic: the operator sizes the candidate, annotates the share it is sized for, and
+    raises its traffic only once ``deployment_capacity`` reads that share back from a rolled-out Deployment."""
+    kube, factory, _ = world
+
+    def canary() -> dict[str, Any]:
+        found = kube.get("apps/v1", "Deployment", "demo", "iris-canary")
+        assert found is not None
+        return found
+
+    kube.apply(manifests.deployment(OWNER, spec(), V2, "canary", 1, capacity=5))
+    assert canary()["metadata"]["annotations"] == {manifests.CAPACITY_ANNOTATION: "5"}
+    assert manifests.deployment_capacity(canary()) == 0, "not available yet"
+    factory.pods[0].ready = True
+    kube.supervise()
+    assert manifests.deployment_capacity(canary()) == 5
+
+    kube.apply(manifests.deployment(OWNER, spec(), V2, "canary", 3, capacity=100))
+    scaled = canary()
+    assert scaled["metadata"]["generation"] == 2, "a replicas change is a spec change"
+    assert scaled["status"] == {
+        "observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3,
+    }  # fmt: skip
+    assert manifests.deployment_capacity(scaled) == 100 and len(factory.pods) == 1
+
+    kube.apply(manifests.deployment(OWNER, spec(), V2, "canary", 3, capacity=50))
+    assert canary()["metadata"]["generation"] == 2, "an annotation is not the spec"
+    assert manifests.deployment_capacity(canary()) == 50
+
+    kube.apply(manifests.deployment(OWNER, spec(), V1, "canary", 0, capacity=0))  # scaled away after a rollout
+    assert canary()["status"]["replicas"] == 0 and manifests.deployment_capacity(canary()) == 0
+
+
 def test_close_stops_every_process(world: tuple[LocalKube, FakeFactory, Clock]) -> None:
     kube, factory, _ = world
     kube.apply(deployment(V1))
@@ -199,38 +175,11 @@ def test_close_stops_every_process(world: tuple[LocalKube, FakeFactory, Clock]) 
     assert all(p.code == 0 for p in factory.pods)
 
 
-class Healthy:
-    """A provider whose canary always looks good: plenty of requests, no errors, fast."""
-
-    name = "fake"
-
-    def query(self, promql: str) -> float | None:
-        return 1000.0 if "increase" in promql else 0.001
-
-    def is_online(self) -> bool:
-        return True
-
-
 def test_the_operator_reconciler_runs_on_local_kube_and_the_local_router_follows_it() -> None:
-    factory = FakeFactory(ready_at_once=True)
-    kube = LocalKube(factory, termination_delay=0.0)  # replaced processes leave the route at the next pass
-    provider: MetricProvider = Healthy()
-    reconciler = Reconciler(kube, lambda spec: provider, OperatorMetrics())
-    router = LocalRouter(kube, "demo", "iris")
-    kube.subscribe(router.refresh)
-    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-
-    def tick() -> Phase | None:
-        nonlocal now
-        body = kube.get(API_VERSION, KIND, "demo", "iris")
-        assert body is not None
-        result = reconciler.tick(body, now)
-        kube.supervise()
-        now += dt.timedelta(seconds=1)
-        return result.status.phase
-
+    operator = Operator()
+    kube, router = operator.kube, operator.router
     kube.apply(model_deployment(V1, FAST, None))
-    while tick() is not Phase.SUCCEEDED:
+    while operator.tick().phase is not Phase.SUCCEEDED:
         pass
     assert router.canary_weight() == 0
     rng = random.Random(1)
@@ -239,7 +188,7 @@ def test_the_operator_reconciler_runs_on_local_kube_and_the_local_router_follows
     kube.apply(model_deployment(V2, FAST, None))
     weights = []
     for _ in range(60):
-        phase = tick()
+        phase = operator.tick().phase
         weights.append(router.canary_weight())
         if phase is Phase.SUCCEEDED:
             break
