@@ -15,8 +15,10 @@ class OperatorMetrics:
         labels = ("namespace", "name")
         self.phase = Gauge("modelrollout_phase", "1 for the current phase of each ModelDeployment.",
                            (*labels, "phase"), registry=self.registry)  # fmt: skip
-        self.weight = Gauge("modelrollout_canary_weight", "Canary traffic weight, percent.", labels,
+        self.weight = Gauge("modelrollout_canary_weight", "Live traffic weight of the candidate, percent.", labels,
                             registry=self.registry)  # fmt: skip
+        self.mirror = Gauge("modelrollout_mirror_percent", "Share of live requests mirrored to a shadow, percent.",
+                            labels, registry=self.registry)  # fmt: skip
         self.analysis = Counter("modelrollout_analysis_results", "Analysis checks by verdict.",
                                 (*labels, "check", "verdict"), registry=self.registry)  # fmt: skip
         self.transitions = Counter("modelrollout_transitions", "Phase transitions.", (*labels, "phase"),

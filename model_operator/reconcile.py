@@ -156,6 +156,7 @@ class Reconciler:
         m.ensure_series(owner.namespace, owner.name)
         m.set_phase(owner.namespace, owner.name, after.phase)
         m.weight.labels(owner.namespace, owner.name).set(after.canary_weight)
+        m.mirror.labels(owner.namespace, owner.name).set(after.mirror_percent)
         if after.phase is not None and after.phase != before.phase:
             m.transitions.labels(owner.namespace, owner.name, after.phase.value).inc()
         if analysed:

@@ -312,7 +312,12 @@ class CompareToStable(Model):
 
 class MetricCheck(Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    query: str = Field(min_length=1, max_length=4096, description="PromQL returning one number.")
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL returning one number; {{model}}, {{canary_version}}, {{stable_version}}, {{window}} "
+        "and {{track}} (the candidate's: canary, or preview under BlueGreen) are filled in.",
+    )
     min: float | None = None
     max: float | None = None
 

@@ -119,7 +119,9 @@ def run_analysis(
     stamp = format_time(now)
     results: list[CheckResult] = []
 
-    def check(name: str, query: str, minimum: float | None, maximum: float | None, limit: str) -> CheckResult:
+    def check(
+        name: str, query: str, minimum: float | None, maximum: float | None, limit: str, unit: str = ""
+    ) -> CheckResult:
         try:
             value = provider.query(query)
         except ProviderError as exc:
@@ -128,7 +130,7 @@ def run_analysis(
             )
         else:
             verdict = assess(value, minimum, maximum)
-            shown = "no data" if value is None else f"{value:.4g}"
+            shown = "no data" if value is None else (f"{value * 1000:.4g}ms" if unit == "s" else f"{value:.4g}")
             result = CheckResult(
                 time=stamp,
                 check=name,
@@ -155,7 +157,7 @@ def run_analysis(
     for quantile, limit in ((0.95, slo.max_latency_p95), (0.99, slo.max_latency_p99)):
         if limit is not None:
             name = f"latency-p{round(quantile * 100)}"
-            check(name, latency_query(target, window, quantile), None, parse_duration(limit), f"<= {limit}")
+            check(name, latency_query(target, window, quantile), None, parse_duration(limit), f"<= {limit}", "s")
     if analysis.compare_to_stable is not None:
         assert volume.value is not None  # the volume check passed
         comparisons = compare_to_stable(
