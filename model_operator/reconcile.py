@@ -17,8 +17,8 @@ from model_operator.analysis.checks import run_analysis
 from model_operator.kube import manifests
 from model_operator.kube.client import Kube
 from model_operator.metrics import OperatorMetrics
-from model_operator.rollout.machine import analysis_due, decide
-from model_operator.rollout.plan import candidate_track
+from model_operator.rollout.machine import analysis_due, current_stage, decide
+from model_operator.rollout.plan import candidate_track, stages
 from model_operator.rollout.types import Command, Decision, Desired, Event, Observation, format_time, parse_time
 from model_operator.spec import (
     GROUP,
@@ -97,7 +97,9 @@ class Reconciler:
         canary_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track))
         analysis = None
         if status.canary is not None and analysis_due(spec, status, now):
-            analysis = run_analysis(spec, status.canary, status.stable, self.provider_for(spec), now, track)
+            live = current_stage(stages(spec), status).weight
+            provider = self.provider_for(spec)
+            analysis = run_analysis(spec, status.canary, status.stable, provider, now, track, compare=live < 100)
         obs = Observation(
             generation=meta.get("generation", 0),
             stable_serving=manifests.deployment_serving(stable_obj),

@@ -248,7 +248,8 @@ class CompareToStable(Model):
 
     Each comparison is on when its limit is set. A comparison fails only when the data make a regression
     likely at ``confidence``, passes only when they make the opposite as likely, and is inconclusive (the
-    canary holds at its step) in between — thin evidence never promotes a canary.
+    canary holds at its step) in between — thin evidence never promotes a canary. Not run while the candidate
+    takes all live traffic (a 100% step, a blue-green switch): stable then serves nothing to compare with.
     """
 
     model_config = ConfigDict(

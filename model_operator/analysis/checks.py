@@ -111,8 +111,11 @@ def run_analysis(
     provider: MetricProvider,
     now: dt.datetime,
     track: str = "canary",
+    compare: bool = True,
 ) -> AnalysisOutcome:
-    """``track``: the candidate's metrics label — ``canary`` (canary and shadow) or ``preview``."""
+    """``track``: the candidate's metrics label — ``canary`` (canary and shadow) or ``preview``.
+    ``compare``: run ``compareToStable``; off while the candidate takes all live traffic (stable then
+    serves nothing to compare with, and a comparison that can only be inconclusive would hold the rollout)."""
     analysis = spec.analysis
     window = analysis.window
     target = Target(canary, track)
@@ -158,7 +161,7 @@ def run_analysis(
         if limit is not None:
             name = f"latency-p{round(quantile * 100)}"
             check(name, latency_query(target, window, quantile), None, parse_duration(limit), f"<= {limit}", "s")
-    if analysis.compare_to_stable is not None:
+    if analysis.compare_to_stable is not None and compare:
         assert volume.value is not None  # the volume check passed
         comparisons = compare_to_stable(
             analysis.compare_to_stable, canary, stable, window, volume.value, provider, track
