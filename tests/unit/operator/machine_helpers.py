@@ -1,14 +1,16 @@
-"""A tiny driver for the pure state machine: one call is one operator tick."""
+"""Shared by the operator unit tests: a tiny driver for the pure state machine (one call is one operator
+tick), spec builders, and a fake Kubernetes API for the routers and the reconciler."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_operator.rollout.machine import analysis_due, decide
-from model_operator.rollout.types import AnalysisOutcome, Command, Decision, Observation
-from model_operator.spec import CheckResult, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, Verdict
+from model_operator.rollout.machine import TRANSITIONS, analysis_due, decide
+from model_operator.rollout.types import AnalysisOutcome, Command, Decision, Event, Observation
+from model_operator.spec import CheckResult, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, Phase, Verdict
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -28,6 +30,11 @@ def make_spec(version: str = "1.0.0", **analysis: Any) -> ModelDeploymentSpec:
     )
 
 
+def strategy_spec(version: str, strategy: dict[str, Any], **analysis: Any) -> ModelDeploymentSpec:
+    """``make_spec`` with ``strategy`` (wire form, e.g. ``{"type": "BlueGreen", "blueGreen": {...}}``)."""
+    return ModelDeploymentSpec.model_validate({**make_spec(version, **analysis).wire(), "strategy": strategy})
+
+
 def outcome(verdict: Verdict, at: dt.datetime) -> AnalysisOutcome:
     return AnalysisOutcome(verdict, [CheckResult(time=at.isoformat(), check="slo", verdict=verdict)], at)
 
@@ -39,8 +46,11 @@ class Driver:
     now: dt.datetime = T0
     stable_available: bool = True
     canary_available: bool = True
+    capacity_limit: int = 100
+    """The largest share of requests the candidate's pods come up sized for (less: the cluster is full)."""
     last: Decision | None = None
     history: list[ModelDeploymentStatus] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
     def tick(
         self, verdict: Verdict | None = None, commands: dict[Command, str] | None = None, advance: float = 0
@@ -52,10 +62,20 @@ class Driver:
         serving = self.status.stable.digest if self.stable_available and self.status.stable else None
         # pods of the spec's model come up at once unless a test says otherwise
         canary = self.spec.model.digest if self.canary_available else None
-        capacity = self.status.canary_capacity if self.canary_available else 0
+        capacity = min(self.status.canary_capacity, self.capacity_limit) if self.canary_available else 0
         obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary, capacity)
         self.last, self.status = decide(self.spec, self.status, obs, self.now)
         self.history.append(self.status)
+        self.events.extend(self.last.events)
+        return self.status
+
+    def start(self, spec: ModelDeploymentSpec) -> ModelDeploymentStatus:
+        """A new candidate, without time passing: its pods are asked for first, and once they are up (the
+        next tick, or this one when the first stage needs none) the first stage gets its traffic."""
+        self.spec = spec
+        for _ in range(2):
+            if self.tick().step_entered:
+                break
         return self.status
 
     def run_until_settled(self, verdict: Verdict, limit: int = 200, step: float = 30) -> ModelDeploymentStatus:
@@ -64,3 +84,29 @@ class Driver:
             if self.status.phase is not None and self.status.phase.value in ("Succeeded", "RolledBack", "Paused"):
                 return self.status
         return self.status
+
+
+def assert_transitions_allowed(driver: Driver) -> None:
+    """Every phase the driver's rollout entered is allowed by ``TRANSITIONS``, also those entered and left
+    within one tick (each entry is an event named after the phase)."""
+    phases = {phase.value for phase in Phase}
+    entered = [None, *(Phase(e.reason) for e in driver.events if e.reason in phases)]
+    for before, after in itertools.pairwise(entered):
+        assert after in TRANSITIONS[before], (before, after)
+
+
+class FakeKube:
+    """Records applies and answers gets from what was applied (enough for the routers and ``apply``)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def patch_status(self, *args: Any) -> None: ...
+
+    def patch_metadata(self, *args: Any) -> None: ...

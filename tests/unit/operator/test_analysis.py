@@ -84,7 +84,7 @@ def test_assess_is_a_pure_verdict() -> None:
     assert assess(-1, 0, None) is Verdict.FAIL
 
 
-def fake(values: dict[str, float | Exception | None]) -> Callable[[httpx.Request], httpx.Response]:
+def fake(values: Mapping[str, float | Exception | None]) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         query = request.url.params["query"]
         for key, value in values.items():
@@ -127,6 +127,20 @@ def test_custom_checks_are_rendered_and_bounded() -> None:
     outcome = run_analysis(spec, spec.model, model("1.0.0"), provider(fake(values), retries=0), NOW)
     assert outcome.verdict is Verdict.FAIL
     assert outcome.results[-1].limit == ">= 0.2 <= 0.5"
+
+
+def test_a_blue_green_preview_is_judged_on_its_own_track() -> None:
+    spec = make_spec("2.0.0", metrics=[{"name": "track-share", "query": 'share{track="{{track}}"}', "max": 1}])
+    values = {"sum(increase": 500, "sum(rate": 0.0, "histogram_quantile": 0.01, 'share{track="preview"}': 0.5}
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["query"])
+        return fake(values)(request)
+
+    outcome = run_analysis(spec, spec.model, model("1.0.0"), provider(handler, retries=0), NOW, "preview")
+    assert outcome.verdict is Verdict.PASS
+    assert asked and all('track="preview"' in query for query in asked), asked
 
 
 def test_queries_select_the_canary_series() -> None:

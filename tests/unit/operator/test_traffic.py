@@ -7,28 +7,12 @@ import pytest
 from model_operator.kube import manifests
 from model_operator.spec import ModelDeploymentSpec
 from model_operator.traffic import istio, router_for
-from model_operator.traffic.gateway_api import GatewayAPIRouter, canary_weight, httproute
+from model_operator.traffic.base import keep_stable_size_candidate
+from model_operator.traffic.gateway_api import GatewayAPIRouter, canary_weight, httproute, mirror_percent
 from model_operator.traffic.replicas import split
-from tests.unit.operator.machine_helpers import make_spec
+from tests.unit.operator.machine_helpers import FakeKube, make_spec
 
 OWNER = manifests.Owner("models", "iris", "uid-1")
-
-
-class FakeKube:
-    """Records applies and answers gets from what was applied (enough for the routers)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
-
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((kind, name))
-
-    def patch_status(self, *args: Any) -> None: ...
-
-    def patch_metadata(self, *args: Any) -> None: ...
 
 
 @pytest.mark.parametrize("weight", [0, 5, 50, 100])
@@ -39,7 +23,7 @@ def test_httproute_weights_round_trip(weight: int) -> None:
     router.set_weight(OWNER, make_spec(), weight)
     route = kube.objects[("HTTPRoute", "iris")]
     assert route["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert canary_weight(route, "iris-canary") == weight
+    assert canary_weight(route, {"iris-canary"}) == weight
     assert router.current_weight(OWNER) == weight
 
 
@@ -50,6 +34,57 @@ def test_httproute_carries_parent_refs_and_hostnames() -> None:
     )
     route = httproute(OWNER, spec, 10)
     assert route["spec"]["parentRefs"] == [{"name": "gw"}] and route["spec"]["hostnames"] == ["iris.example"]
+
+
+@pytest.mark.parametrize(
+    ("mirror", "expected"),
+    [
+        pytest.param(100, {"backendRef": {"name": "iris-canary", "port": 80}}, id="all-requests-without-percent"),
+        pytest.param(30, {"backendRef": {"name": "iris-canary", "port": 80}, "percent": 30}, id="a-share"),
+    ],
+)
+def test_httproute_mirrors_to_the_candidate_for_shadow(mirror: int, expected: dict[str, Any]) -> None:
+    rule = httproute(OWNER, make_spec(), 0, mirror)["spec"]["rules"][0]
+    assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": expected}]
+    assert [(ref["name"], ref["weight"]) for ref in rule["backendRefs"]] == [("iris-stable", 100), ("iris-canary", 0)]
+    assert mirror_percent({"spec": {"rules": [rule]}}) == mirror
+
+
+def test_httproute_without_mirror_has_no_filters() -> None:
+    route = httproute(OWNER, make_spec(), 25, 0)
+    assert "filters" not in route["spec"]["rules"][0]
+    assert mirror_percent(route) == 0
+    assert mirror_percent({}) == 0
+
+
+@pytest.mark.parametrize(("weight", "mirror"), [(-1, 0), (101, 0), (0, -1), (0, 101)])
+def test_httproute_refuses_out_of_range_shares(weight: int, mirror: int) -> None:
+    with pytest.raises(ValueError, match="must be within"):
+        httproute(OWNER, make_spec(), weight, mirror)
+
+
+def test_httproute_routes_a_blue_green_preview_by_its_own_service() -> None:
+    kube = FakeKube()
+    router = GatewayAPIRouter(kube)
+    router.set_weight(OWNER, make_spec(), 0, track="preview")
+    route = kube.objects[("HTTPRoute", "iris")]
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(ref["name"], ref["weight"]) for ref in refs] == [("iris-stable", 100), ("iris-preview", 0)]
+    assert router.current_weight(OWNER) == 0
+    router.set_weight(OWNER, make_spec(), 100, track="preview")
+    assert router.current_weight(OWNER) == 100, "the switch: the preview counts as the candidate"
+    assert canary_weight(kube.objects[("HTTPRoute", "iris")], {"iris-canary"}) == 0
+    assert mirror_percent(kube.objects[("HTTPRoute", "iris")]) == 0
+
+
+def test_gateway_router_writes_the_mirror_and_reads_it_back() -> None:
+    kube = FakeKube()
+    router = GatewayAPIRouter(kube)
+    router.set_weight(OWNER, make_spec(), 0, mirror_percent=40)
+    assert mirror_percent(kube.objects[("HTTPRoute", "iris")]) == 40
+    assert router.current_weight(OWNER) == 0, "mirrored requests are no live weight"
+    router.set_weight(OWNER, make_spec(), 5)
+    assert mirror_percent(kube.objects[("HTTPRoute", "iris")]) == 0, "the next write turns the mirror off"
 
 
 def istio_spec(**section: Any) -> ModelDeploymentSpec:
@@ -101,6 +136,31 @@ def test_virtual_service_mirror_for_shadow() -> None:
     assert istio.canary_weight({"spec": {"http": [route]}}, {CANARY_HOST}) == 0
 
 
+PREVIEW_HOST = "iris-preview.models.svc.cluster.local"
+
+
+def test_virtual_service_routes_and_mirrors_to_the_track_it_is_given() -> None:
+    route = istio.virtual_service(OWNER, istio_spec(), 100, track="preview")["spec"]["http"][0]
+    assert [(d["destination"]["host"], d["weight"]) for d in route["route"]] == [(STABLE_HOST, 0), (PREVIEW_HOST, 100)]
+    assert "mirror" not in route
+    mirrored = istio.virtual_service(OWNER, istio_spec(), 0, mirror_percent=100, track="preview")["spec"]["http"][0]
+    assert mirrored["mirror"]["host"] == PREVIEW_HOST and mirrored["mirrorPercentage"] == {"value": 100.0}
+
+
+def test_istio_router_writes_mirror_and_preview_and_reads_the_weight_back() -> None:
+    kube = FakeKube()
+    router = router_for("istio", kube)
+    router.set_weight(OWNER, istio_spec(), 0, mirror_percent=25)
+    route = kube.objects[("VirtualService", "iris")]["spec"]["http"][0]
+    assert route["mirror"]["host"] == CANARY_HOST and route["mirrorPercentage"] == {"value": 25.0}
+    assert router.current_weight(OWNER) == 0
+    router.set_weight(OWNER, istio_spec(), 100, track="preview")
+    route = kube.objects[("VirtualService", "iris")]["spec"]["http"][0]
+    assert "mirror" not in route and "mirrorPercentage" not in route, "mirror 0: no mirror at all"
+    assert route["route"][1]["destination"]["host"] == PREVIEW_HOST
+    assert router.current_weight(OWNER) == 100
+
+
 @pytest.mark.parametrize(("weight", "mirror"), [(-1, None), (101, None), (0, 0.0), (0, 100.5), (0, -3.0)])
 def test_virtual_service_refuses_out_of_range_weights(weight: int, mirror: float | None) -> None:
     with pytest.raises(ValueError, match="must be within"):
@@ -136,14 +196,6 @@ def test_virtual_service_canary_weight_parse(http: list[dict[str, Any]], expecte
     assert istio.canary_weight({"spec": {"http": http}}, {CANARY_HOST, "iris-canary"}) == expected
 
 
-def test_istio_router_keeps_stable_full_size() -> None:
-    router = router_for("istio", FakeKube())
-    assert router.replicas(4, 5, True) == (4, 1)
-    assert router.replicas(4, 100, True) == (4, 4)
-    assert router.replicas(4, 0, False) == (4, 0)
-    assert router.note() is None
-
-
 @pytest.mark.parametrize(
     ("total", "weight", "expected"),
     [(4, 0, (4, 0)), (4, 5, (3, 1)), (4, 50, (2, 2)), (4, 99, (1, 3)), (4, 100, (0, 4)), (1, 50, (1, 0))],
@@ -152,13 +204,32 @@ def test_replica_split(total: int, weight: int, expected: tuple[int, int]) -> No
     assert split(total, weight) == expected
 
 
-def test_gateway_router_keeps_stable_full_size() -> None:
-    router = router_for("gatewayAPI", FakeKube())
-    assert router.replicas(4, 5, True) == (4, 1)
-    assert router.replicas(4, 100, True) == (4, 4)
-    assert router.replicas(4, 0, False) == (4, 0)
+@pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
+def test_request_routers_keep_stable_full_size_and_size_the_candidate_for_its_capacity(provider: str) -> None:
+    router = router_for(provider, FakeKube())
+    assert router.replicas(4, 5, 5, True) == (4, 1)
+    assert router.replicas(4, 5, 50, True) == (4, 2), "sized for the next share before it gets it"
+    assert router.replicas(4, 100, 100, True) == (4, 4)
+    assert router.replicas(4, 0, 0, True) == (4, 1), "a candidate without traffic still has a pod"
+    assert router.replicas(4, 50, 0, True) == (4, 2), "never sized below its weight"
+    assert router.replicas(4, 0, 100, False) == (4, 0)
     assert router.note() is None
-    assert router_for("replicas", FakeKube()).note()
+
+
+@pytest.mark.parametrize(
+    ("total", "capacity", "present", "expected"),
+    [(4, 0, True, (4, 1)), (4, 5, True, (4, 1)), (4, 26, True, (4, 2)), (4, 100, True, (4, 4)), (3, 50, False, (3, 0))],
+)
+def test_keep_stable_size_candidate(total: int, capacity: int, present: bool, expected: tuple[int, int]) -> None:
+    assert keep_stable_size_candidate(total, capacity, present) == expected
+
+
+def test_replica_router_follows_the_weight_and_ignores_capacity() -> None:
+    router = router_for("replicas", FakeKube())
+    assert router.replicas(4, 5, 100, True) == split(4, 5) == (3, 1), "pods are the weights: sizing ahead moves traffic"
+    assert router.replicas(4, 50, 50, True) == (2, 2)
+    assert router.replicas(4, 50, 100, False) == (4, 0)
+    assert router.note()
 
 
 def test_deployment_is_restricted_and_pinned() -> None:
