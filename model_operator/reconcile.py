@@ -108,6 +108,7 @@ class Reconciler:
             analysis=analysis,
             canary_serving=manifests.deployment_serving(canary_obj),
             canary_capacity=manifests.deployment_capacity(canary_obj),
+            canary_track=track,
         )
         decision, new = decide(spec, status, obs, now)
         if decision.desired is not None:
@@ -127,7 +128,7 @@ class Reconciler:
         stable_replicas, canary_replicas = router.replicas(
             spec.replicas, desired.canary_weight, desired.canary_capacity, desired.canary is not None
         )
-        if phase is Phase.PROMOTING:
+        if phase is Phase.PROMOTING and desired.canary is not None and desired.stable.same_artifact(desired.canary):
             stable_replicas = spec.replicas  # the new stable must be fully up before traffic returns to it
         if desired.track == "preview" and desired.canary_capacity < 100:
             canary_replicas = spec.strategy.blue_green.preview_replicas or spec.replicas

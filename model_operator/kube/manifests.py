@@ -1,7 +1,7 @@
 """Desired objects for one ModelDeployment, as plain dicts (pure functions, no API calls).
 
 Names: ``<md>-stable`` / ``<md>-canary`` / ``<md>-preview`` Deployments and Services, ``<md>`` root
-Service (the live tracks: stable and canary, never a blue-green preview) and HTTPRoute. Pods run the
+Service and HTTPRoute. Pods run the
 model server as non-root with a read-only root filesystem and the ``restricted`` Pod Security profile's
 settings; the model digest is pinned in the arguments.
 """
@@ -17,8 +17,6 @@ TRACK_LABEL = f"{GROUP}/track"
 NAME_LABEL = "app.kubernetes.io/name"
 DIGEST_ANNOTATION = f"{GROUP}/digest"
 CAPACITY_ANNOTATION = f"{GROUP}/capacity"
-LIVE_LABEL = f"{GROUP}/live"
-"""On the pods of tracks that take live traffic; the root Service selects it, so a preview stays dark."""
 CANDIDATE_TRACKS = ("canary", "preview")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout"}
 
@@ -63,7 +61,6 @@ def deployment(
     """``capacity``: the share of requests (percent) ``replicas`` pods are sized for, as an annotation the
     next tick reads back once they are all available (``deployment_capacity``)."""
     labels = selector(owner, track)
-    pod_labels = {**labels, **({} if track == "preview" else {LIVE_LABEL: "true"})}
     args = [model.uri, "--host", "0.0.0.0", "--port", str(spec.port), "--track", track]
     args += ["--expected-digest", model.digest]
     if model.trust_pickle:
@@ -100,7 +97,7 @@ def deployment(
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {
-                    "labels": {**pod_labels, "model": model.name, "version": model.version},
+                    "labels": {**labels, "model": model.name, "version": model.version},
                     "annotations": {DIGEST_ANNOTATION: model.digest, "prometheus.io/scrape": "true"},
                 },
                 "spec": {
@@ -120,8 +117,17 @@ def deployment(
 
 
 def service(owner: Owner, spec: ModelDeploymentSpec, track: str | None) -> dict[str, Any]:
-    """The Service of one track, or for no track the root Service of the live tracks."""
-    pods = selector(owner, track) if track else {**selector(owner, None), LIVE_LABEL: "true"}
+    """The Service of one track, or for no track the root Service ``<md>``.
+
+    With the replicas provider the root Service is the router: it selects every pod, so the canary's share
+    of pods is its share of requests (that provider runs canaries only). Otherwise the route or mesh does the
+    splitting and the root Service selects stable's pods: a client that bypasses the gateway or mesh only
+    ever reaches the stable model, never a canary, a shadow or a preview.
+    """
+    if track is not None:
+        pods = selector(owner, track)
+    else:
+        pods = selector(owner, None if spec.traffic.provider == "replicas" else "stable")
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -52,8 +52,17 @@ TRANSITIONS: dict[Phase | None, set[Phase]] = {
     None: {Phase.INITIALIZING},
     Phase.INITIALIZING: {Phase.SUCCEEDED, Phase.PROGRESSING},
     Phase.SUCCEEDED: {Phase.PROGRESSING},
-    Phase.PROGRESSING: {Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK, Phase.SUCCEEDED, Phase.PROGRESSING},
-    Phase.PAUSED: {Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK, Phase.SUCCEEDED},
+    # RolledBack straight from Progressing/Paused: a candidate without live weight (a shadow, a preview) is
+    # off traffic in the tick that decides it (the status skips RollingBack; the events do not)
+    Phase.PROGRESSING: {
+        Phase.PAUSED,
+        Phase.PROMOTING,
+        Phase.ROLLING_BACK,
+        Phase.ROLLED_BACK,
+        Phase.SUCCEEDED,
+        Phase.PROGRESSING,
+    },
+    Phase.PAUSED: {Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.SUCCEEDED},
     Phase.PROMOTING: {Phase.SUCCEEDED, Phase.PROGRESSING},
     Phase.ROLLING_BACK: {Phase.ROLLED_BACK, Phase.PROGRESSING, Phase.SUCCEEDED},
     Phase.ROLLED_BACK: {Phase.PROGRESSING, Phase.SUCCEEDED},
@@ -268,17 +277,20 @@ def _promote(new: ModelDeploymentStatus, obs: Observation, events: list[Event]) 
     and the candidate goes."""
     assert new.canary is not None
     new.mirror_percent = 0
+    version = new.canary.version
     if new.canary_weight < 100:
         if _ready_for(100, new, obs):
             new.canary_weight = 100
+            new.message = f"promoting {version}: the {role(new)} takes all traffic"
         return False
     if not new.canary.same_artifact(new.stable):
+        if obs.traffic_weight != 100:  # stable's pods are replaced only once the router moved every request
+            return False
         new.stable = new.canary
-        new.canary_weight = 100
+        new.message = f"promoting {version}: waiting for stable to run it"
         return False
     if obs.stable_serving != new.canary.digest:
         return False
-    version = new.canary.version
     _discard_canary(new)
     _enter(new, Phase.SUCCEEDED, f"{version} promoted to stable", events)
     return True
@@ -377,7 +389,8 @@ def _ready_for(capacity: int, new: ModelDeploymentStatus, obs: Observation) -> b
     if not, asks for that size and says what it waits for."""
     assert new.canary is not None
     new.canary_capacity = max(new.canary_capacity, capacity)
-    if obs.canary_serving == new.canary.digest and obs.canary_capacity >= capacity:
+    observed = obs.canary_track == candidate_track(new.strategy)
+    if observed and obs.canary_serving == new.canary.digest and obs.canary_capacity >= capacity:
         return True
     new.message = f"waiting for the {role(new)} {new.canary.version} pods to be available for {capacity}% of requests"
     return False

@@ -53,6 +53,9 @@ class Observation:
     canary_capacity: int = 0
     """Share of requests the candidate's rolled-out, available pods are sized for (0 while not rolled
     out); a stage that gives the candidate more waits for it."""
+    canary_track: str = "canary"
+    """The track ``canary_serving`` and ``canary_capacity`` were read from; a candidate restarted on another
+    track (a changed ``strategy.type``) waits for that track's pods, never trusting the old track's."""
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,9 @@ def stamp() -> str:
 def test_blue_green_preview_is_switched_then_promoted(rig: ReleaseRig, rollout: Callable[..., Rollout]) -> None:
     run = rollout("bg", blue_green(), "preview", direct={"preview": 15})
     preview = wait_for(lambda: (d := run.deployment("preview"))["spec"]["replicas"] == 2 and d, 60, "full preview")
-    assert "modelrollout.io/live" not in preview["spec"]["template"]["metadata"]["labels"], "a preview stays dark"
+    root = k8s.CoreV1Api(rig.cluster.api_client).read_namespaced_service("bg", NAMESPACE).spec.selector
+    pods = preview["spec"]["template"]["metadata"]["labels"]
+    assert not all(pods.get(key) == value for key, value in root.items()), "the root Service never reaches a preview"
     status = run.wait_settled()
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["stableVersion"] == "2.0.0-bg" and "canaryVersion" not in status

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_operator.rollout.machine import TRANSITIONS, analysis_due, decide
+from model_operator.rollout.plan import candidate_track
 from model_operator.rollout.types import AnalysisOutcome, Command, Decision, Event, Observation
 from model_operator.spec import CheckResult, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, Phase, Verdict
 
@@ -63,7 +64,8 @@ class Driver:
         # pods of the spec's model come up at once unless a test says otherwise
         canary = self.spec.model.digest if self.canary_available else None
         capacity = min(self.status.canary_capacity, self.capacity_limit) if self.canary_available else 0
-        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary, capacity)
+        track = candidate_track(self.status.strategy)  # what the reconciler read: the running candidate's track
+        obs = Observation(1, serving, self.status.canary_weight, commands or {}, analysis, canary, capacity, track)
         self.last, self.status = decide(self.spec, self.status, obs, self.now)
         self.history.append(self.status)
         self.events.extend(self.last.events)

@@ -227,11 +227,6 @@ def test_a_changed_strategy_restarts_the_candidate_from_its_first_stage() -> Non
     assert status.strategy == "Shadow" and status.current_step == 0 and status.canary_weight == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide() trusts canary_serving/canary_capacity observed on the old strategy's track after a restart "
-    "that moves the candidate to another track",
-)
 def test_a_strategy_change_to_another_track_waits_for_that_tracks_pods() -> None:
     driver = switched(blue_green(scaleDownDelay="10m"))
     # The reconciler observed the preview Deployment (status.strategy is BlueGreen): 2.0.0, sized for 100%.

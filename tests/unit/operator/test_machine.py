@@ -227,7 +227,6 @@ def test_a_promote_sizes_the_canary_for_all_traffic_before_sending_it() -> None:
     assert driver.tick(advance=2).phase is Phase.SUCCEEDED
 
 
-@pytest.mark.xfail(strict=True, reason="_promote gives stable the model before the router confirms 100%")
 def test_stable_takes_the_model_only_once_the_router_sends_everything_to_the_canary() -> None:
     driver = stable_driver()
     driver.start(make_spec("2.0.0"))
@@ -241,7 +240,6 @@ def test_stable_takes_the_model_only_once_the_router_sends_everything_to_the_can
     assert again.stable_version == "1.0.0", "stable rolled to the new model while it still takes 95% of requests"
 
 
-@pytest.mark.xfail(strict=True, reason="_promote leaves the capacity wait's message in place once the canary is sized")
 def test_a_promotion_waiting_for_stable_does_not_say_it_waits_for_the_canary() -> None:
     driver = stable_driver()
     driver.start(make_spec("2.0.0"))

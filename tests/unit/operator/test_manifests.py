@@ -1,4 +1,4 @@
-"""The candidate's objects: which pods take live traffic, the capacity the next tick reads back, and what the
+"""The candidate's objects: which pods the root Service reaches, the capacity the next tick reads back, and what the
 reconciler applies for each track."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from model_operator.analysis.base import MetricProvider
 from model_operator.kube import manifests
-from model_operator.kube.manifests import CAPACITY_ANNOTATION, LIVE_LABEL, NAME_LABEL, TRACK_LABEL
+from model_operator.kube.manifests import CAPACITY_ANNOTATION, NAME_LABEL, TRACK_LABEL
 from model_operator.metrics import OperatorMetrics
 from model_operator.reconcile import Reconciler
 from model_operator.rollout.types import Desired
@@ -33,30 +33,38 @@ def rolled_out(deployment: dict[str, Any]) -> dict[str, Any]:
     return deployment
 
 
-@pytest.mark.parametrize(("track", "live"), [("stable", True), ("canary", True), ("preview", False)])
-def test_only_live_tracks_carry_the_live_label(track: str, live: bool) -> None:
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(service: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    labels = pod_labels(deployment)
+    return all(labels.get(key) == value for key, value in service["spec"]["selector"].items())
+
+
+@pytest.mark.parametrize("track", ["stable", "canary", "preview"])
+def test_pods_and_selector_name_their_track(track: str) -> None:
     deployment = manifests.deployment(OWNER, SPEC, SPEC.model, track, 2)
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert (pod_labels.get(LIVE_LABEL) == "true") is live
-    assert pod_labels[TRACK_LABEL] == track
-    # the selector is immutable on a Deployment: it must not depend on whether the track is live
+    assert pod_labels(deployment)[TRACK_LABEL] == track
+    # the selector is immutable on a Deployment: it names the track and nothing that changes during a rollout
     assert deployment["spec"]["selector"]["matchLabels"] == {NAME_LABEL: "iris", TRACK_LABEL: track}
 
 
-def test_root_service_selects_live_pods_only_and_track_services_their_track() -> None:
-    root = manifests.service(OWNER, SPEC, None)
+@pytest.mark.parametrize(
+    ("provider", "behind_root"),
+    # replicas: every pod (a preview never exists there: the spec refuses BlueGreen and Shadow with it)
+    [("gatewayAPI", ["stable"]), ("istio", ["stable"]), ("replicas", ["stable", "canary", "preview"])],
+)
+def test_root_service_reaches_stable_only_unless_pods_are_the_router(provider: str, behind_root: list[str]) -> None:
+    spec = ModelDeploymentSpec.model_validate({**make_spec("2.0.0").wire(), "traffic": {"provider": provider}})
+    root = manifests.service(OWNER, spec, None)
     assert root["metadata"]["name"] == "iris"
-    assert root["spec"]["selector"] == {NAME_LABEL: "iris", LIVE_LABEL: "true"}
-    preview = manifests.service(OWNER, SPEC, "preview")
+    tracks = ("stable", "canary", "preview")
+    assert [t for t in tracks if selects(root, manifests.deployment(OWNER, spec, spec.model, t, 1))] == behind_root
+    preview = manifests.service(OWNER, spec, "preview")
     assert preview["metadata"]["name"] == "iris-preview"
     assert preview["spec"]["selector"] == {NAME_LABEL: "iris", TRACK_LABEL: "preview"}, "reachable, though dark"
-
-    def selects(service: dict[str, Any], track: str) -> bool:
-        pod_labels = manifests.deployment(OWNER, SPEC, SPEC.model, track, 1)["spec"]["template"]["metadata"]["labels"]
-        return all(pod_labels.get(key) == value for key, value in service["spec"]["selector"].items())
-
-    assert [track for track in ("stable", "canary", "preview") if selects(root, track)] == ["stable", "canary"]
-    assert [track for track in ("stable", "canary", "preview") if selects(preview, track)] == ["preview"]
 
 
 @pytest.mark.parametrize("capacity", [0, 5, 30, 100])
@@ -98,17 +106,14 @@ def no_metrics(spec: ModelDeploymentSpec) -> MetricProvider:
     raise AssertionError("applying queries no metrics")
 
 
-def live_pods(kube: FakeKube, name: str) -> bool:
-    labels = kube.objects[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
-    return bool(labels.get(LIVE_LABEL) == "true")
-
-
 def test_a_preview_is_applied_full_size_on_its_own_track_and_off_the_root_service() -> None:
     spec = strategy_spec("2.0.0", {"type": "BlueGreen", "blueGreen": {"previewReplicas": 1}})
     desired = Desired(model("1.0.0"), spec.model, 0, track="preview")
     kube = applied(spec, desired)
     assert kube.objects[("Deployment", "iris-preview")]["spec"]["replicas"] == 1
-    assert not live_pods(kube, "iris-preview") and live_pods(kube, "iris-stable")
+    root = kube.objects[("Service", "iris")]
+    assert not selects(root, kube.objects[("Deployment", "iris-preview")])
+    assert selects(root, kube.objects[("Deployment", "iris-stable")])
     assert ("Deployment", "iris-canary") not in kube.objects and ("Service", "iris-preview") in kube.objects
     refs = kube.objects[("HTTPRoute", "iris")]["spec"]["rules"][0]["backendRefs"]
     assert [(ref["name"], ref["weight"]) for ref in refs] == [("iris-stable", 100), ("iris-preview", 0)]
@@ -119,13 +124,9 @@ def test_a_preview_is_applied_full_size_on_its_own_track_and_off_the_root_servic
     assert preview["metadata"]["annotations"][CAPACITY_ANNOTATION] == "100"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shadow runs on the canary track, whose pods carry LIVE_LABEL: the root Service answers users with it",
-)
 def test_a_shadow_answers_no_user_through_the_root_service() -> None:
     spec = strategy_spec("2.0.0", {"type": "Shadow"})
     kube = applied(spec, Desired(model("1.0.0"), spec.model, 0, mirror_percent=100, canary_capacity=100))
-    root = kube.objects[("Service", "iris")]["spec"]["selector"]
-    pods = kube.objects[("Deployment", "iris-canary")]["spec"]["template"]["metadata"]["labels"]
-    assert not all(pods.get(key) == value for key, value in root.items()), "the shadow's pods are behind <md>"
+    assert not selects(kube.objects[("Service", "iris")], kube.objects[("Deployment", "iris-canary")]), (
+        "the shadow's pods are behind <md>"
+    )
