@@ -264,6 +264,16 @@ def test_a_constant_class_canary_fails_on_prediction_drift_alone() -> None:
     assert drift.query == f"{predictions_query(C, '1m')}\n{predictions_query(S, '1m')}"
 
 
+def test_no_comparison_while_the_candidate_takes_all_live_traffic() -> None:
+    """At 100% stable serves nothing: a comparison could only be inconclusive and would hold the rollout."""
+    spec = compare_spec(errorRateMargin=0.004, predictionDrift=0.2)
+    fake_provider = FakeProvider(traffic((900, 0)))
+    outcome = run_analysis(spec, CANARY, STABLE, fake_provider, NOW, compare=False)
+    assert [r.check for r in outcome.results] == ["requests", "error-rate"]
+    assert outcome.verdict is Verdict.PASS
+    assert not [q for q in fake_provider.asked if 'track="stable"' in q], "stable was not even asked"
+
+
 @pytest.mark.parametrize(
     ("canary_classes", "verdict"),
     [
