@@ -113,7 +113,9 @@ def decide(
             _enter(new, Phase.SUCCEEDED, f"{new.stable.version} is stable", events)
         return _done(new, events, IDLE_REQUEUE)
 
-    if not spec.model.same_artifact(new.canary) or (new.phase in ACTIVE and new.strategy != spec.strategy.type):
+    # a status written before strategies existed has none: its candidate is a canary
+    restrategised = new.phase in ACTIVE and (new.strategy or "Canary") != spec.strategy.type
+    if not spec.model.same_artifact(new.canary) or restrategised:
         _start_canary(new, spec, now, events)
     elif new.phase is Phase.ROLLED_BACK:
         if Command.RETRY not in commands:

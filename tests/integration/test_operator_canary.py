@@ -217,8 +217,8 @@ def test_good_canary_walks_every_step_and_becomes_stable(rig: Rig, scenario: Cal
     assert conditions == {"Available": "True", "Progressing": "False", "Degraded": "False"}
 
 
-# 30% errors: at the 10% step a window holds 15–30 canary requests, and a 10%-erring canary shows none in
-# that many about 5–20% of the time, passes its step on a threshold of 2%, and may reach 100% before it fails
+# 30% errors: at the 10% step a window holds 15-30 canary requests, and a 10%-erring canary shows none in
+# that many about 5-20% of the time, passes its step on a threshold of 2%, and may reach 100% before it fails
 # (with 30% the chance is under 0.5%). Thin evidence passing a threshold check is what compareToStable fixes.
 @pytest.mark.parametrize(
     ("name", "fault"), [("errors", ("--fault-error-rate", "0.3")), ("slow", ("--fault-latency-ms", "300"))]

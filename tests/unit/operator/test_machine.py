@@ -296,3 +296,16 @@ def test_every_observed_transition_is_allowed() -> None:
 def test_models_compare_by_artifact() -> None:
     assert model("1.0.0").same_artifact(model("1.0.0"))
     assert not model("1.0.0").same_artifact(model("1.0.0", digit="9"))
+
+
+def test_a_canary_running_under_a_status_without_strategy_carries_on() -> None:
+    """An operator upgraded mid-rollout reads a status written before strategies existed: no restart."""
+    driver = stable_driver()
+    driver.start(make_spec("2.0.0"))
+    status = driver.tick(Verdict.PASS, advance=30)
+    before = status.model_copy(deep=True)
+    driver.status = status.model_copy(update={"strategy": None})
+    after = driver.tick(advance=1)
+    assert after.canary_version == "2.0.0" and after.current_step >= before.current_step
+    assert after.canary_weight >= before.canary_weight, "the canary kept its traffic"
+    assert driver.last is not None and "CanaryReplaced" not in [e.reason for e in driver.last.events]
