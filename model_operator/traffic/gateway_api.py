@@ -50,11 +50,27 @@ def canary_weight(route: dict[str, Any], candidates: set[str]) -> int | None:
     return round(100 * canary / total)
 
 
-def mirror_percent(route: dict[str, Any]) -> int:
-    """The share of requests the route mirrors (0: none)."""
+def mirror_share(request_mirror: dict[str, Any]) -> float:
+    """The share of requests one ``requestMirror`` copies, percent: ``percent``, or ``fraction`` (Gateway
+    API ≥ 1.2), else all of them."""
+    if "percent" in request_mirror:
+        return float(request_mirror["percent"])
+    fraction = request_mirror.get("fraction")
+    if fraction:
+        return 100.0 * int(fraction["numerator"]) / int(fraction.get("denominator", 100))
+    return 100.0
+
+
+def mirrors(route: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+    """Every RequestMirror filter of the route's rules: the backendRef it copies to and its share, percent."""
     filters = [f for rule in route.get("spec", {}).get("rules", []) for f in rule.get("filters") or []]
-    mirrors = [f.get("requestMirror") or {} for f in filters if f.get("type") == "RequestMirror"]
-    return max((int(m.get("percent", 100)) for m in mirrors), default=0)
+    found = [f.get("requestMirror") or {} for f in filters if f.get("type") == "RequestMirror"]
+    return [(m.get("backendRef") or {}, mirror_share(m)) for m in found]
+
+
+def mirror_percent(route: dict[str, Any]) -> float:
+    """The share of requests the route mirrors, percent (0: none)."""
+    return max((share for _, share in mirrors(route)), default=0.0)
 
 
 class GatewayAPIRouter:

@@ -19,11 +19,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from model_operator.kube.manifests import CANDIDATE_TRACKS
+from model_operator.traffic.gateway_api import mirrors
 from modelrollout.demo.local_kube import Endpoint, LocalKube
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 TRACK_LABEL = "modelrollout.io/track"
-CANDIDATE_SUFFIXES = ("-canary", "-preview")
+CANDIDATE_SUFFIXES = tuple(f"-{track}" for track in CANDIDATE_TRACKS)
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,6 @@ class Pick:
     mirror: Endpoint | None = None
 
 
-def mirror_percent(filter_: dict[str, Any]) -> float:
-    """The share a RequestMirror filter copies: ``percent``, or ``fraction`` (Gateway API ≥ 1.2), else all."""
-    mirror = filter_.get("requestMirror") or {}
-    if "percent" in mirror:
-        return float(mirror["percent"])
-    fraction = mirror.get("fraction")
-    if fraction:
-        return 100.0 * int(fraction["numerator"]) / int(fraction.get("denominator", 100))
-    return 100.0
-
-
 class LocalRouter:
     def __init__(self, kube: LocalKube, namespace: str, route: str) -> None:
         self._kube = kube
@@ -85,11 +76,10 @@ class LocalRouter:
             for rule in rules
             for ref in rule.get("backendRefs", [])
         ]
-        filters = [f for rule in rules for f in rule.get("filters") or [] if f.get("type") == "RequestMirror"]
-        refs = [(f["requestMirror"]["backendRef"], mirror_percent(f)) for f in filters]
-        mirrors = [Mirror(ref["name"], percent, self._endpoints(ref)) for ref, percent in refs]
+        copies = [] if route is None else mirrors(route)
+        mirrored = [Mirror(ref["name"], share, self._endpoints(ref)) for ref, share in copies]
         with self._lock:
-            self._backends, self._mirrors = tuple(backends), tuple(mirrors)
+            self._backends, self._mirrors = tuple(backends), tuple(mirrored)
 
     def _endpoints(self, ref: dict[str, Any]) -> tuple[Endpoint, ...]:
         service = self._kube.get("v1", "Service", ref.get("namespace", self.namespace), ref["name"])

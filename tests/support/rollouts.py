@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from kubernetes import client as k8s
 
+from model_operator.traffic import gateway_api
 from model_server.bundle import ModelManifest
 from tests.support.servers import REPO, free_port
 
@@ -209,9 +210,9 @@ class WeightedLoad:
         """Mirrored copies by (track, status): answered, then discarded."""
         self.sent_direct: Counter[tuple[str, int]] = Counter()
         self.weights: list[tuple[float, int]] = []
-        self.mirrors: list[tuple[float, int]] = []
+        self.mirrors: list[tuple[float, float]] = []
         """(time, percent mirrored) as the route said, next to ``weights``."""
-        self._mirror: tuple[str, int] | None = None
+        self._mirror: tuple[str, float] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.errors: list[str] = []
@@ -252,13 +253,8 @@ class WeightedLoad:
                 rules = route["spec"]["rules"]
                 refs = [r for rule in rules for r in rule["backendRefs"]]
                 self._weights = {r["name"].rsplit("-", 1)[-1]: int(r.get("weight", 1)) for r in refs}
-                mirrors = [f["requestMirror"] for rule in rules for f in rule.get("filters") or []
-                           if f["type"] == "RequestMirror"]  # fmt: skip
-                self._mirror = (
-                    (mirrors[0]["backendRef"]["name"].rsplit("-", 1)[-1], int(mirrors[0].get("percent", 100)))
-                    if mirrors
-                    else None
-                )
+                copies = [(ref["name"].rsplit("-", 1)[-1], share) for ref, share in gateway_api.mirrors(route)]
+                self._mirror = copies[0] if copies else None
                 now = time.monotonic()
                 self.weights.append((now, self.canary_weight() or 0))
                 self.mirrors.append((now, self._mirror[1] if self._mirror else 0))

@@ -15,10 +15,10 @@ import pytest
 
 from model_operator.kube import manifests
 from model_operator.spec import ModelDeploymentSpec, Phase
-from model_operator.traffic.gateway_api import httproute
+from model_operator.traffic.gateway_api import httproute, mirror_share
 from modelrollout.demo.load import LoadGenerator
 from modelrollout.demo.local_kube import LocalKube
-from modelrollout.demo.router import LocalRouter, Pick, mirror_percent
+from modelrollout.demo.router import LocalRouter, Pick
 from modelrollout.demo.settings import FAST
 from modelrollout.demo.story import model_deployment
 from tests.unit.demo.fakes import V1, V2, FakePod, Operator
@@ -108,7 +108,7 @@ def test_a_shadow_gets_a_copy_of_its_share_then_goes_live_by_the_canary_steps() 
 )  # fmt: skip
 def test_mirror_share(mirror: dict[str, Any], share: float) -> None:
     backend = {"backendRef": {"name": "iris-canary", "port": 80}}
-    assert mirror_percent({"type": "RequestMirror", "requestMirror": {**backend, **mirror}}) == share
+    assert mirror_share({**backend, **mirror}) == share
 
 
 class Answers(http.server.BaseHTTPRequestHandler):
