@@ -112,3 +112,12 @@ class FakeKube:
     def patch_status(self, *args: Any) -> None: ...
 
     def patch_metadata(self, *args: Any) -> None: ...
+
+
+def stable_driver(version: str = "1.0.0") -> Driver:
+    """A Driver whose first model is stable and settled."""
+    driver = Driver(make_spec(version))
+    driver.tick()
+    driver.tick(advance=1)
+    assert driver.status.phase is Phase.SUCCEEDED
+    return driver

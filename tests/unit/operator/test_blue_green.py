@@ -11,19 +11,17 @@ import pytest
 from model_operator.rollout.machine import analysis_due, decide
 from model_operator.rollout.types import Command, Observation
 from model_operator.spec import ModelDeploymentSpec, Phase, Verdict
-from tests.unit.operator.machine_helpers import Driver, assert_transitions_allowed, make_spec, strategy_spec
+from tests.unit.operator.machine_helpers import (
+    Driver,
+    assert_transitions_allowed,
+    make_spec,
+    stable_driver,
+    strategy_spec,
+)
 
 
 def blue_green(version: str = "2.0.0", **blue_green: Any) -> ModelDeploymentSpec:
     return strategy_spec(version, {"type": "BlueGreen", "blueGreen": blue_green})
-
-
-def stable_driver() -> Driver:
-    driver = Driver(make_spec("1.0.0"))
-    driver.tick()
-    driver.tick(advance=1)
-    assert driver.status.phase is Phase.SUCCEEDED
-    return driver
 
 
 def switched(spec: ModelDeploymentSpec) -> Driver:

@@ -8,15 +8,7 @@ from model_operator.rollout.machine import TRANSITIONS, analysis_due, decide
 from model_operator.rollout.plan import stages
 from model_operator.rollout.types import Command, Observation
 from model_operator.spec import Phase, Verdict
-from tests.unit.operator.machine_helpers import Driver, make_spec, model
-
-
-def stable_driver(version: str = "1.0.0") -> Driver:
-    driver = Driver(make_spec(version))
-    driver.tick()
-    driver.tick(advance=1)
-    assert driver.status.phase is Phase.SUCCEEDED
-    return driver
+from tests.unit.operator.machine_helpers import Driver, make_spec, model, stable_driver
 
 
 def test_first_model_becomes_stable_without_analysis() -> None:

@@ -9,20 +9,16 @@ from typing import Any
 from model_operator.rollout.machine import analysis_due, role
 from model_operator.rollout.types import Command
 from model_operator.spec import ModelDeploymentSpec, Phase, Verdict
-from tests.unit.operator.machine_helpers import Driver, assert_transitions_allowed, make_spec, strategy_spec
+from tests.unit.operator.machine_helpers import (
+    assert_transitions_allowed,
+    stable_driver,
+    strategy_spec,
+)
 
 
 def shadow(version: str = "2.0.0", blue_green: dict[str, Any] | None = None, **shadow: Any) -> ModelDeploymentSpec:
     strategy = {"type": "Shadow", "shadow": shadow, "blueGreen": blue_green or {}}
     return strategy_spec(version, strategy)
-
-
-def stable_driver() -> Driver:
-    driver = Driver(make_spec("1.0.0"))
-    driver.tick()
-    driver.tick(advance=1)
-    assert driver.status.phase is Phase.SUCCEEDED
-    return driver
 
 
 def test_the_shadow_is_sized_for_its_mirror_then_gets_it_and_no_live_traffic() -> None:
