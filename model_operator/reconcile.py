@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +93,11 @@ class Reconciler:
         router = router_for(spec.traffic.provider, self.kube)
 
         track = candidate_track(status.strategy)
-        stable_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name("stable"))
-        canary_obj = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track))
+        found = {
+            name: self.kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(name))
+            for name in ("stable", *manifests.CANDIDATE_TRACKS)
+        }
+        stable_obj, canary_obj = found["stable"], found[track]
         analysis = None
         if status.canary is not None and analysis_due(spec, status, now):
             live = current_stage(stages(spec), status).weight
@@ -112,7 +115,8 @@ class Reconciler:
         )
         decision, new = decide(spec, status, obs, now)
         if decision.desired is not None:
-            self.apply(owner, spec, decision.desired, new.phase, router)
+            existing = {name for name, obj in found.items() if obj is not None}
+            self.apply(owner, spec, decision.desired, new.phase, router, existing)
         new.traffic_note = router.note()
         new.conditions = conditions(new, obs.generation, now)
         # a merge patch: cleared fields must be sent as null to be removed, so None is kept here
@@ -123,8 +127,16 @@ class Reconciler:
         return TickResult(new, decision, decision.events)
 
     def apply(
-        self, owner: manifests.Owner, spec: ModelDeploymentSpec, desired: Desired, phase: Phase | None, router: Any
+        self,
+        owner: manifests.Owner,
+        spec: ModelDeploymentSpec,
+        desired: Desired,
+        phase: Phase | None,
+        router: Any,
+        existing: Collection[str],
     ) -> None:
+        """Make ``desired`` true; ``existing``: the tracks whose Deployments this tick found (a candidate
+        track no longer in use is scaled away, never created just to be empty)."""
         stable_replicas, canary_replicas = router.replicas(
             spec.replicas, desired.canary_weight, desired.canary_capacity, desired.canary is not None
         )
@@ -140,11 +152,12 @@ class Reconciler:
                     owner, spec, desired.canary, track, canary_replicas, desired.canary_capacity
                 )
                 kube.apply(candidate)
-                kube.apply(manifests.service(owner, spec, track))
-            elif kube.get("apps/v1", "Deployment", owner.namespace, owner.object_name(track)) is not None:
+            elif track in existing:
                 kube.apply(manifests.deployment(owner, spec, desired.stable, track, 0, 0))  # scaled away, kept
-        for live in (None, "stable", "canary"):  # the canary Service: routes written before a rollout name it
-            kube.apply(manifests.service(owner, spec, live))
+        # the canary Service always (routes written before a rollout name it), the preview's while it runs
+        preview = ("preview",) if desired.canary is not None and desired.track == "preview" else ()
+        for service in (None, "stable", "canary", *preview):
+            kube.apply(manifests.service(owner, spec, service))
         router.set_weight(owner, spec, desired.canary_weight, desired.mirror_percent, desired.track)
 
     def record(

@@ -97,7 +97,7 @@ def test_an_unreadable_capacity_counts_as_none() -> None:
 def applied(spec: ModelDeploymentSpec, desired: Desired, phase: Phase = Phase.PROGRESSING) -> FakeKube:
     kube = FakeKube()
     Reconciler(kube, no_metrics, OperatorMetrics()).apply(
-        OWNER, spec, desired, phase, router_for(spec.traffic.provider, kube)
+        OWNER, spec, desired, phase, router_for(spec.traffic.provider, kube), existing=set()
     )
     return kube
 
