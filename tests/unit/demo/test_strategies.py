@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from model_operator.kube import manifests
-from model_operator.spec import ModelDeploymentSpec, Phase
+from model_operator.spec import ModelDeploymentSpec, ModelDeploymentStatus, Phase
 from model_operator.traffic.gateway_api import httproute, mirror_share
 from modelrollout.demo.load import LoadGenerator
 from modelrollout.demo.local_kube import LocalKube
@@ -36,6 +36,16 @@ def stable_operator() -> Operator:
     return operator
 
 
+def roll_out_v2(strategy: Mapping[str, Any], first_step: str) -> tuple[Operator, ModelDeploymentStatus]:
+    """v1 stable, then v2 under ``strategy``, ticked until its first step (``first_step``) has started."""
+    operator = stable_operator()
+    operator.kube.apply(model_deployment(V2, FAST, None, strategy))
+    status = operator.tick()
+    while status.message != first_step:
+        status = operator.tick()
+    return operator, status
+
+
 def picks(router: LocalRouter, n: int = 400) -> list[Pick]:
     rng = random.Random(3)
     return [p for p in (router.pick(rng) for _ in range(n)) if p is not None]
@@ -49,16 +59,12 @@ def selected(kube: LocalKube, service: str) -> set[str]:
 
 
 def test_a_blue_green_preview_gets_no_live_request_then_all_of_them_at_once() -> None:
-    operator = stable_operator()
+    operator, status = roll_out_v2(BLUE_GREEN, "step 1/2: preview")
     kube, router = operator.kube, operator.router
-    kube.apply(model_deployment(V2, FAST, None, BLUE_GREEN))
-    status = operator.tick()
-    while status.message != "step 1/2: preview":
-        status = operator.tick()
     assert router.canary_weight() == 0
     assert {(p.track, p.version) for p in picks(router)} == {("stable", "1.0.0")}, "no live request to the preview"
     assert selected(kube, "iris-preview") == {"preview"}, "QA and smoke tests reach it by its own Service"
-    assert selected(kube, "iris") == {"stable"}, "the root Service selects live pods only"
+    assert selected(kube, "iris") == {"stable"}, "the root Service reaches stable only"
 
     weights = []
     while status.phase is not Phase.SUCCEEDED:
@@ -77,12 +83,8 @@ def test_a_blue_green_preview_gets_no_live_request_then_all_of_them_at_once() ->
 
 
 def test_a_shadow_gets_a_copy_of_its_share_then_goes_live_by_the_canary_steps() -> None:
-    operator = stable_operator()
-    kube, router = operator.kube, operator.router
-    kube.apply(model_deployment(V2, FAST, None, SHADOW))
-    status = operator.tick()
-    while status.message != "step 1/8: shadow 50%":
-        status = operator.tick()
+    operator, status = roll_out_v2(SHADOW, "step 1/8: shadow 50%")
+    router = operator.router
     assert (router.canary_weight(), router.mirror_percent()) == (0, 50)
     shadowed = picks(router)
     assert {(p.track, p.version) for p in shadowed} == {("stable", "1.0.0")}, "clients are answered by stable"
