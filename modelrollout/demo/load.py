@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from model_operator.kube.manifests import TRACK_LABEL
 from modelrollout.demo.local_kube import Endpoint
-from modelrollout.demo.router import TRACK_LABEL, LocalRouter
+from modelrollout.demo.router import LocalRouter
 
 # A few real iris rows (one or two per class), so predictions are not all the same class.
 ROWS = (

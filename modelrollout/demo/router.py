@@ -19,12 +19,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from model_operator.kube.manifests import CANDIDATE_TRACKS
+from model_operator.kube.manifests import CANDIDATE_TRACKS, TRACK_LABEL
+from model_operator.traffic.gateway_api import API_VERSION as GATEWAY_API
 from model_operator.traffic.gateway_api import mirrors
 from modelrollout.demo.local_kube import Endpoint, LocalKube
 
-GATEWAY_API = "gateway.networking.k8s.io/v1"
-TRACK_LABEL = "modelrollout.io/track"
 CANDIDATE_SUFFIXES = tuple(f"-{track}" for track in CANDIDATE_TRACKS)
 
 
