@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,10 @@ class TickResult:
     status: ModelDeploymentStatus
     decision: Decision
     events: list[Event] = field(default_factory=list)
+
+
+def _replicas(deployment: Mapping[str, Any] | None) -> int:
+    return 0 if deployment is None else int(deployment.get("spec", {}).get("replicas", 0))
 
 
 def commands_from(annotations: dict[str, str]) -> dict[Command, str]:
@@ -115,8 +119,7 @@ class Reconciler:
         )
         decision, new = decide(spec, status, obs, now)
         if decision.desired is not None:
-            existing = {name for name, obj in found.items() if obj is not None}
-            self.apply(owner, spec, decision.desired, new.phase, router, existing)
+            self.apply(owner, spec, decision.desired, new.phase, router, found)
         new.traffic_note = router.note()
         new.conditions = conditions(new, obs.generation, now)
         # a merge patch: cleared fields must be sent as null to be removed, so None is kept here
@@ -133,10 +136,13 @@ class Reconciler:
         desired: Desired,
         phase: Phase | None,
         router: Any,
-        existing: Collection[str],
+        found: Mapping[str, dict[str, Any] | None],
     ) -> None:
-        """Make ``desired`` true; ``existing``: the tracks whose Deployments this tick found (a candidate
-        track no longer in use is scaled away, never created just to be empty)."""
+        """Make ``desired`` true; ``found``: each track's Deployment as this tick read it (a candidate track no
+        longer in use is scaled away, never created just to be empty).
+
+        Order: Deployments that keep or gain pods, the Services, the route, and only then Deployments that
+        lose pods — so pods never go before the route stops sending them requests."""
         stable_replicas, canary_replicas = router.replicas(
             spec.replicas, desired.canary_weight, desired.canary_capacity, desired.canary is not None
         )
@@ -144,21 +150,26 @@ class Reconciler:
             stable_replicas = spec.replicas  # the new stable must be fully up before traffic returns to it
         if desired.track == "preview" and desired.canary_capacity < 100:
             canary_replicas = spec.strategy.blue_green.preview_replicas or spec.replicas
-        kube = self.kube
-        kube.apply(manifests.deployment(owner, spec, desired.stable, "stable", stable_replicas))
+        deployments = {"stable": manifests.deployment(owner, spec, desired.stable, "stable", stable_replicas)}
         for track in manifests.CANDIDATE_TRACKS:
             if desired.canary is not None and track == desired.track:
-                candidate = manifests.deployment(
+                deployments[track] = manifests.deployment(
                     owner, spec, desired.canary, track, canary_replicas, desired.canary_capacity
                 )
-                kube.apply(candidate)
-            elif track in existing:
-                kube.apply(manifests.deployment(owner, spec, desired.stable, track, 0, 0))  # scaled away, kept
+            elif found.get(track) is not None:  # scaled away, kept
+                deployments[track] = manifests.deployment(owner, spec, desired.stable, track, 0, 0)
+        shrinking = {track for track, obj in deployments.items() if _replicas(obj) < _replicas(found.get(track))}
+        kube = self.kube
+        for track, obj in deployments.items():
+            if track not in shrinking:
+                kube.apply(obj)
         # the canary Service always (routes written before a rollout name it), the preview's while it runs
         preview = ("preview",) if desired.canary is not None and desired.track == "preview" else ()
         for service in (None, "stable", "canary", *preview):
             kube.apply(manifests.service(owner, spec, service))
         router.set_weight(owner, spec, desired.canary_weight, desired.mirror_percent, desired.track)
+        for track in shrinking:
+            kube.apply(deployments[track])
 
     def record(
         self,

@@ -19,6 +19,12 @@ DIGEST_ANNOTATION = f"{GROUP}/digest"
 CAPACITY_ANNOTATION = f"{GROUP}/capacity"
 CANDIDATE_TRACKS = ("canary", "preview")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelrollout"}
+DRAIN_SECONDS = 10
+"""How long a terminating model-server pod keeps serving (preStop) before the server is told to stop: its
+endpoint is removed when termination starts, and every gateway, mesh and kube-proxy must see that before
+the listener closes, or requests already routed to it fail."""
+SHUTDOWN_SECONDS = 20
+"""After the drain: time for in-flight requests (uvicorn's graceful shutdown) before the kubelet kills."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ def deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},  # no shell or sleep binary needed
     }
     return {
         "apiVersion": "apps/v1",
@@ -95,6 +102,8 @@ def deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
+            # surge first: a new template never takes a serving pod away before its successor is ready
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "template": {
                 "metadata": {
                     "labels": {**labels, "model": model.name, "version": model.version},
@@ -102,6 +111,7 @@ def deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": DRAIN_SECONDS + SHUTDOWN_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 65532,

@@ -17,6 +17,9 @@ Rules, in the order they are applied each tick:
    rollout can never be promoted past a failed analysis.
 6. Capacity before traffic: before a stage gives the candidate a larger share (live or mirrored), its
    pods are scaled for that share and must all be available; only then does the route change.
+7. Route first, confirm, then scale down: when the candidate leaves live traffic (promotion complete,
+   rollback, spec back to stable) the route moves first, and its pods shrink only once the router
+   confirms they get no share; until then they keep the size they had.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ def decide(
 
     if spec.model.same_artifact(new.stable):
         if new.canary is not None:
+            if not _route_back_to_stable(new, obs):
+                new.message = "spec equals stable: traffic returns to stable before the candidate goes"
+                return _done(new, events, PROMOTE_POLL)
             _discard_canary(new)
             _enter(new, Phase.SUCCEEDED, "spec equals stable: canary discarded", events)
         elif new.phase is not Phase.SUCCEEDED:
@@ -236,10 +242,17 @@ def _discard_canary(new: ModelDeploymentStatus) -> None:
 
 
 def _stop_traffic(new: ModelDeploymentStatus) -> None:
-    """No live share and no mirrored copy for the candidate; its pods shrink back to their minimum."""
+    """No live share and no mirrored copy for the candidate. Its pods keep their size: they shrink only once
+    the router confirms they get nothing (``_finish_rollback``), never while requests still reach them."""
     new.canary_weight = 0
     new.mirror_percent = 0
-    new.canary_capacity = 0
+
+
+def _route_back_to_stable(new: ModelDeploymentStatus, obs: Observation) -> bool:
+    """Route first, confirm, then scale down: asks for all traffic on stable and answers whether the router
+    already confirms it. Until it does, the candidate keeps every pod it has."""
+    _stop_traffic(new)
+    return obs.traffic_weight == 0
 
 
 def _rollback(
@@ -256,10 +269,11 @@ def _rollback(
 def _finish_rollback(
     new: ModelDeploymentStatus, obs: Observation, events: list[Event]
 ) -> tuple[Decision, ModelDeploymentStatus]:
-    """RolledBack once the router confirms the candidate's weight is 0 (the mirror goes in the same write)."""
-    _stop_traffic(new)
-    if obs.traffic_weight != 0:
+    """RolledBack once the router confirms the candidate's weight is 0 (the mirror goes in the same write);
+    only then do the candidate's pods shrink."""
+    if not _route_back_to_stable(new, obs):
         return _done(new, events, PROMOTE_POLL)
+    new.canary_capacity = 0
     stable = new.stable.version if new.stable else "?"
     _enter(new, Phase.ROLLED_BACK, f"stable {stable} takes all traffic; {role(new)} gets none", events, True)
     return _done(new, events, IDLE_REQUEUE)
@@ -275,11 +289,18 @@ def _begin_promotion(
 
 def _promote(new: ModelDeploymentStatus, obs: Observation, events: list[Event]) -> bool:
     """True once promotion is complete. First the candidate is sized for all traffic and takes it; then
-    the stable Deployment gets its model; once stable is available with it, traffic returns to stable
-    and the candidate goes."""
+    the stable Deployment gets its model; once stable is available with it, traffic returns to stable, and
+    only once the router confirms that does the candidate go (its pods never shrink under live traffic)."""
     assert new.canary is not None
     new.mirror_percent = 0
     version = new.canary.version
+    if new.canary.same_artifact(new.stable) and obs.stable_serving == new.canary.digest:
+        if not _route_back_to_stable(new, obs):
+            new.message = f"promoting {version}: stable runs it; traffic returns to stable"
+            return False
+        _discard_canary(new)
+        _enter(new, Phase.SUCCEEDED, f"{version} promoted to stable", events)
+        return True
     if new.canary_weight < 100:
         if _ready_for(100, new, obs):
             new.canary_weight = 100
@@ -290,12 +311,7 @@ def _promote(new: ModelDeploymentStatus, obs: Observation, events: list[Event]) 
             return False
         new.stable = new.canary
         new.message = f"promoting {version}: waiting for stable to run it"
-        return False
-    if obs.stable_serving != new.canary.digest:
-        return False
-    _discard_canary(new)
-    _enter(new, Phase.SUCCEEDED, f"{version} promoted to stable", events)
-    return True
+    return False
 
 
 def _judge(

@@ -88,6 +88,20 @@ class Driver:
         return self.status
 
 
+def finish_promotion(driver: Driver, advance: float = 2) -> ModelDeploymentStatus:
+    """The last two ticks of a promotion whose stable already runs the candidate's model: the route moves
+    every request back to stable while the candidate keeps all its pods; only once the router confirms it
+    (the next tick) is the candidate discarded and scaled away."""
+    status = driver.tick(advance=advance)
+    assert status.phase is Phase.PROMOTING and status.canary is not None, "the candidate stays until confirmed"
+    assert status.canary_weight == 0 and status.canary_capacity == 100, "route first, pods kept"
+    assert driver.last is not None and driver.last.desired is not None
+    assert driver.last.desired.canary is not None and driver.last.desired.canary_capacity == 100
+    status = driver.tick(advance=advance)
+    assert status.phase is Phase.SUCCEEDED and status.canary is None
+    return status
+
+
 def assert_transitions_allowed(driver: Driver) -> None:
     """Every phase the driver's rollout entered is allowed by ``TRANSITIONS``, also those entered and left
     within one tick (each entry is an event named after the phase)."""

@@ -14,6 +14,7 @@ from model_operator.spec import ModelDeploymentSpec, Phase, Verdict
 from tests.unit.operator.machine_helpers import (
     Driver,
     assert_transitions_allowed,
+    finish_promotion,
     make_spec,
     stable_driver,
     strategy_spec,
@@ -105,7 +106,7 @@ def test_the_switch_is_held_for_the_scale_down_delay_then_promoted() -> None:
     status = driver.tick(Verdict.PASS, advance=30)
     assert status.phase is Phase.PROMOTING and status.canary_weight == 100
     assert status.stable_version == "2.0.0", "the old version is replaced only after the hold"
-    status = driver.tick(advance=2)
+    status = finish_promotion(driver)
     assert status.phase is Phase.SUCCEEDED and status.canary is None and status.strategy is None
     assert driver.last is not None and driver.last.desired is not None and driver.last.desired.track == "canary"
     assert_transitions_allowed(driver)
@@ -122,7 +123,8 @@ def test_a_failure_during_the_hold_switches_back_at_once() -> None:
     driver = switched(strategy_spec("2.0.0", {"type": "BlueGreen"}, failureLimit=1))
     status = driver.tick(Verdict.FAIL, advance=30)
     assert status.phase is Phase.ROLLING_BACK and status.aborted
-    assert status.canary_weight == 0 and status.mirror_percent == 0 and status.canary_capacity == 0
+    assert status.canary_weight == 0 and status.mirror_percent == 0
+    assert status.canary_capacity == 100, "the preview keeps its pods until the router confirms it gets nothing"
     assert status.message is not None and status.message.startswith("rolling back preview 2.0.0")
     assert driver.last is not None and driver.last.desired is not None
     assert driver.last.desired.canary_weight == 0 and driver.last.desired.track == "preview"
@@ -134,6 +136,7 @@ def test_a_failure_during_the_hold_switches_back_at_once() -> None:
 
     status = driver.tick(advance=1)
     assert status.phase is Phase.ROLLED_BACK and status.stable_version == "1.0.0"
+    assert status.canary_capacity == 0, "confirmed off traffic: now the preview shrinks"
     assert_transitions_allowed(driver)
 
 
@@ -158,7 +161,7 @@ def test_without_auto_promote_the_preview_waits_for_the_promote_command() -> Non
 
     status = driver.tick(commands={Command.PROMOTE: "2"}, advance=1)
     assert status.phase is Phase.PROMOTING and status.stable_version == "2.0.0", "a second promote ends the hold"
-    assert driver.tick(advance=2).phase is Phase.SUCCEEDED
+    finish_promotion(driver)
     assert_transitions_allowed(driver)
 
 

@@ -8,7 +8,7 @@ from model_operator.rollout.machine import TRANSITIONS, analysis_due, decide
 from model_operator.rollout.plan import stages
 from model_operator.rollout.types import Command, Observation
 from model_operator.spec import Phase, Verdict
-from tests.unit.operator.machine_helpers import Driver, make_spec, model, stable_driver
+from tests.unit.operator.machine_helpers import Driver, finish_promotion, make_spec, model, stable_driver
 
 
 def test_first_model_becomes_stable_without_analysis() -> None:
@@ -59,7 +59,7 @@ def test_promotion_waits_for_stable_to_run_the_new_model() -> None:
     assert driver.last is not None and driver.last.desired is not None
     assert driver.last.desired.stable.version == "2.0.0" and driver.last.desired.canary is not None
     driver.stable_available = True
-    assert driver.tick(advance=2).phase is Phase.SUCCEEDED
+    finish_promotion(driver)
 
 
 def test_no_traffic_reaches_a_canary_whose_pods_are_not_available() -> None:
@@ -152,6 +152,10 @@ def test_spec_back_to_stable_discards_the_canary() -> None:
     driver.tick(Verdict.PASS, advance=30)
     driver.spec = make_spec("1.0.0")
     status = driver.tick(advance=1)
+    assert status.canary is not None and status.canary_weight == 0, "the route moves back first"
+    assert driver.last is not None and driver.last.desired is not None
+    assert driver.last.desired.canary is not None and driver.last.desired.canary_capacity >= 5, "pods kept meanwhile"
+    status = driver.tick(advance=1)
     assert status.phase is Phase.SUCCEEDED and status.canary is None and status.canary_weight == 0
 
 
@@ -190,7 +194,8 @@ def test_manual_abort_promote_pause_resume() -> None:
     assert driver.tick(commands={Command.RESUME: "1"}, advance=1).phase is Phase.PROGRESSING
     assert driver.tick(commands={Command.PROMOTE: "1"}, advance=1).phase is Phase.PROMOTING
     # the canary is sized for all traffic, takes it, then stable takes the model
-    assert [driver.tick(advance=1).phase for _ in range(3)] == [Phase.PROMOTING, Phase.PROMOTING, Phase.SUCCEEDED]
+    assert [driver.tick(advance=1).phase for _ in range(2)] == [Phase.PROMOTING, Phase.PROMOTING]
+    finish_promotion(driver, advance=1)
     assert driver.status.stable_version == "2.0.0"
 
     driver.start(make_spec("3.0.0"))
@@ -216,7 +221,7 @@ def test_a_promote_sizes_the_canary_for_all_traffic_before_sending_it() -> None:
     assert status.canary_weight == 100 and status.stable_version == "1.0.0", "the canary takes all, then stable..."
     status = driver.tick(advance=2)
     assert status.phase is Phase.PROMOTING and status.stable_version == "2.0.0", "...gets the model"
-    assert driver.tick(advance=2).phase is Phase.SUCCEEDED
+    finish_promotion(driver)
 
 
 def test_stable_takes_the_model_only_once_the_router_sends_everything_to_the_canary() -> None:

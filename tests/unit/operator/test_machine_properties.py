@@ -45,10 +45,10 @@ def rollout(
         status = driver.tick(verdict, {command: str(i)} if command else None, advance)
         same_attempt = status.canary == before.canary and status.phase is not Phase.ROLLED_BACK
         promoted = (promoted and same_attempt) or command is Command.PROMOTE
-        check_invariants(before, status, promoted)
+        check_invariants(before, status, promoted, driver.spec.model.same_artifact(status.stable))
 
 
-def check_invariants(before, status, promoted) -> None:  # type: ignore[no-untyped-def]
+def check_invariants(before, status, promoted, spec_is_stable=False) -> None:  # type: ignore[no-untyped-def]
     assert 0 <= status.canary_weight <= 100
     assert status.canary_capacity >= max(status.canary_weight, status.mirror_percent), "pods sized before traffic"
     if status.canary_weight > before.canary_weight:  # the Driver observes the capacity asked for last tick
@@ -59,8 +59,18 @@ def check_invariants(before, status, promoted) -> None:  # type: ignore[no-untyp
     if status.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):
         assert status.canary_weight == 0 and status.mirror_percent == 0
     same_canary = before.canary is not None and status.canary is not None and before.canary == status.canary
-    if same_canary and status.phase not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):
-        assert status.canary_weight >= before.canary_weight, "weight only rises except on rollback"
+    leaving = (
+        status.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        or spec_is_stable  # the spec went back to stable: the candidate is discarded
+        or (status.canary is not None and status.canary.same_artifact(status.stable))  # promoted: traffic goes home
+    )
+    if same_canary and not leaving:
+        assert status.canary_weight >= before.canary_weight, "weight only rises except on the way out"
+    routed = before.canary_weight  # the Driver's router applied last tick's weight: this tick it still sends it
+    if before.canary is not None and routed:
+        assert status.canary is not None, "the candidate was discarded while the router still sent it requests"
+        if status.canary == before.canary:
+            assert status.canary_capacity >= routed, "the candidate's pods shrank below the share it still gets"
     if status.phase is Phase.PROMOTING and before.phase is not Phase.PROMOTING and not promoted:
         assert status.consecutive_failures == 0
         assert status.analysis and status.analysis[-1].verdict is Verdict.PASS, "never promote past a failed analysis"

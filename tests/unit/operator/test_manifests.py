@@ -94,12 +94,50 @@ def test_an_unreadable_capacity_counts_as_none() -> None:
 # --- what the reconciler applies for a candidate ------------------------------------------------------------
 
 
-def applied(spec: ModelDeploymentSpec, desired: Desired, phase: Phase = Phase.PROGRESSING) -> FakeKube:
-    kube = FakeKube()
+def applied(
+    spec: ModelDeploymentSpec,
+    desired: Desired,
+    phase: Phase = Phase.PROGRESSING,
+    kube: FakeKube | None = None,
+) -> FakeKube:
+    kube = kube or FakeKube()
+    found = {track: kube.objects.get(("Deployment", f"iris-{track}")) for track in ("stable", "canary", "preview")}
     Reconciler(kube, no_metrics, OperatorMetrics()).apply(
-        OWNER, spec, desired, phase, router_for(spec.traffic.provider, kube), existing=set()
+        OWNER, spec, desired, phase, router_for(spec.traffic.provider, kube), found
     )
     return kube
+
+
+class OrderedKube(FakeKube):
+    """Also records the order of applies: (kind, name, replicas or route weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[tuple[str, str]] = []
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        super().apply(obj)
+        self.order.append((obj["kind"], obj["metadata"]["name"]))
+
+
+def test_the_route_moves_before_a_candidate_loses_pods_and_after_it_gains_them() -> None:
+    spec = make_spec("2.0.0")
+    kube = OrderedKube()
+    applied(spec, Desired(model("1.0.0"), spec.model, 50, canary_capacity=50), kube=kube)
+    assert kube.order.index(("Deployment", "iris-canary")) < kube.order.index(("HTTPRoute", "iris")), "grow first"
+    kube.order.clear()
+    applied(spec, Desired(model("2.0.0"), None, 0), kube=kube)  # promoted and confirmed: the canary goes
+    assert kube.objects[("Deployment", "iris-canary")]["spec"]["replicas"] == 0
+    assert kube.order.index(("HTTPRoute", "iris")) < kube.order.index(("Deployment", "iris-canary")), "route first"
+
+
+def test_model_server_pods_drain_before_they_stop() -> None:
+    pod = manifests.deployment(OWNER, SPEC, SPEC.model, "canary", 2)["spec"]["template"]["spec"]
+    drain = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert drain >= 5, "endpoint removal needs time to reach every gateway before the server stops listening"
+    assert pod["terminationGracePeriodSeconds"] > drain + 5, "room to finish in-flight requests after the drain"
+    rolling = manifests.deployment(OWNER, SPEC, SPEC.model, "canary", 2)["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxUnavailable"] == 0, "a template change never takes a serving pod away before its successor"
 
 
 def no_metrics(spec: ModelDeploymentSpec) -> MetricProvider:
