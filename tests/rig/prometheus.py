@@ -43,12 +43,15 @@ class Prometheus:
     work_dir: Path
     log_dir: Path
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    """Where it listens: loopback, or an address pods can reach (an in-cluster operator queries it)."""
     component: Component | None = field(init=False, default=None)
     _targets: dict[str, dict[str, dict[str, str]]] = field(init=False, default_factory=dict)
+    _discovered: list[dict[str, Any]] = field(init=False, default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def targets_dir(self) -> Path:
@@ -70,7 +73,8 @@ class Prometheus:
                 {
                     "job_name": "file-sd",  # each file's own `job` label overrides this name
                     "file_sd_configs": [{"files": [str(self.targets_dir / "*.json")], "refresh_interval": INTERVAL}],
-                }
+                },
+                *self._discovered,
             ],
         }
 
@@ -78,15 +82,15 @@ class Prometheus:
         prometheus = paths.binary("prometheus")
         for directory in (self.targets_dir, self.rules_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        self._write_config()
         config = self.work_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.component = Component(
             "prometheus",
             [
                 str(prometheus),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.work_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--web.enable-lifecycle",  # POST /-/reload after rule changes
                 "--storage.tsdb.retention.time=1h",
                 "--log.level=warn",
@@ -105,7 +109,23 @@ class Prometheus:
         if self.component is not None:
             self.component.stop()
 
+    def _write_config(self) -> None:
+        _write_atomically(self.work_dir / "prometheus.yml", yaml.safe_dump(self.config(), sort_keys=False))
+
     # --- targets and rules ---------------------------------------------------------------------
+
+    def discover(self, scrape_configs: list[dict[str, Any]]) -> None:
+        """Add scrape jobs that find their targets themselves (e.g. Kubernetes service discovery, see
+        ``podmonitor.scrape_configs``), replacing jobs of the same name, and reload."""
+        names = {config["job_name"] for config in scrape_configs}
+        self._discovered = [c for c in self._discovered if c["job_name"] not in names] + list(scrape_configs)
+        self._write_config()
+        self.reload()
+
+    def active_targets(self) -> list[dict[str, Any]]:
+        """Prometheus' active targets (``/api/v1/targets``): labels, health, last error."""
+        targets: list[dict[str, Any]] = self._api("targets", {"state": "active"})["activeTargets"]
+        return targets
 
     def add_target(self, job: str, address: str, labels: Mapping[str, str] | None = None) -> None:
         """Scrape ``address`` (host:port; ``__metrics_path__`` in labels changes the path) as ``job``."""
