@@ -24,7 +24,8 @@ def chart_pod_monitor(tmp_path: Path, **values: Any) -> dict[str, Any]:
 def rule(config: dict[str, Any], **match: Any) -> dict[str, Any]:
     found = [r for r in config["relabel_configs"] if all(r.get(k) == v for k, v in match.items())]
     assert len(found) == 1, (match, config["relabel_configs"])
-    return found[0]
+    only: dict[str, Any] = found[0]
+    return only
 
 
 def test_the_chart_pod_monitor_becomes_pod_discovery_with_its_relabelling(tmp_path: Path) -> None:
