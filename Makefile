@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RIG_DIR ?= $(CURDIR)/.rig
 export RIG_DIR
 
-.PHONY: help install lint security test test-unit rig bench-server bench-analysis crds clean demo demo-cluster
+.PHONY: help install lint security test test-unit test-e2e rig images bench-server bench-analysis crds clean demo demo-cluster
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,12 +33,23 @@ security: install ## checkov over the rendered chart and the Dockerfiles (findin
 		--values charts/modelrollout/ci/everything-on-values.yaml > build/chart-rendered.yaml
 	$(BIN)/checkov --config-file .checkov.yaml -f build/chart-rendered.yaml -f Dockerfile.server -f Dockerfile.operator
 
-rig: ## build the test rig (control plane, kwok, helm, CRDs, Prometheus) into $(RIG_DIR)
+rig: ## build the test rig (control plane, kwok, real node, gateway, Prometheus) into $(RIG_DIR)
 	bash tests/rig/build.sh
 
-test: install ## run the whole suite (builds the rig first when anything is missing)
+images: ## build the model-server and operator images from the Dockerfiles with buildah (for the e2e suite)
+	bash tests/rig/build_images.sh
+
+test: install ## run the whole suite: unit, integration, e2e (builds the rig and the images first when missing)
+	@tests/phase.sh "rig build" bash tests/rig/build.sh --if-missing
+	@tests/phase.sh "image build" bash tests/rig/build_images.sh --if-missing
+	@tests/phase.sh unit $(BIN)/pytest tests/unit
+	@tests/phase.sh integration $(BIN)/pytest tests/integration
+	@tests/phase.sh e2e $(BIN)/pytest tests/e2e
+
+test-e2e: install ## the e2e suite only: chart, operator and model servers on the real node behind Traefik
 	bash tests/rig/build.sh --if-missing
-	$(BIN)/pytest
+	bash tests/rig/build_images.sh --if-missing
+	$(BIN)/pytest tests/e2e
 
 test-unit: install ## unit tests only (no cluster; promtool from the rig checks the alert rules)
 	bash tests/rig/build.sh --if-missing

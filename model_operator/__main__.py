@@ -67,26 +67,38 @@ def serve_metrics(settings: OperatorSettings) -> OperatorMetrics:
 
 
 def _run_kopf(
-    settings: OperatorSettings, metrics: OperatorMetrics, stop_flag: asyncio.Event, on_signal: Callable[[], None]
+    settings: OperatorSettings,
+    metrics: OperatorMetrics,
+    identity: str,
+    stop_flag: asyncio.Event,
+    on_signal: Callable[[], None],
 ) -> asyncio.Task[None]:
     import model_operator.handlers  # noqa: F401  (registers the handlers with kopf's default registry)
 
     # After handlers.start, which creates the metrics: kopf runs startup handlers in registration order.
     kopf.on.startup(id="modelrollout-leader-gauge")(_mark_leading)
-    return asyncio.create_task(_operator(settings, metrics, stop_flag, on_signal), name="kopf operator")
+    return asyncio.create_task(_operator(settings, metrics, identity, stop_flag, on_signal), name="kopf operator")
 
 
 async def _operator(
-    settings: OperatorSettings, metrics: OperatorMetrics, stop_flag: asyncio.Event, on_signal: Callable[[], None]
+    settings: OperatorSettings,
+    metrics: OperatorMetrics,
+    identity: str,
+    stop_flag: asyncio.Event,
+    on_signal: Callable[[], None],
 ) -> None:
     """``kopf.operator(...)``, unrolled into its two documented halves (``spawn_tasks`` + ``run_tasks``) for one
     reason: ``spawn_tasks`` installs kopf's own SIGINT/SIGTERM handlers, and we put ours back. Stopped by its
     signal handlers while a ``stop_flag`` is also given, kopf leaves the flag's waiter task pending and waits
     5 s for it as a "hung task" — 5 s more before the Lease is released; a signal that sets the stop flag
-    stops it at once (and tells us why it stopped)."""
+    stops it at once (and tells us why it stopped).
+
+    kopf is given our identity: left to find its own (``POD_ID``, else ``getpass.getuser()``), it fails in the
+    image, whose UID 65532 has no passwd entry (``KeyError: 'getpwuid(): uid not found: 65532'``)."""
     existing = {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
     tasks = await kopf.spawn_tasks(
         standalone=True,  # no kopf peering: the Lease decides who runs
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str, not exported
         clusterwide=True,
         stop_flag=stop_flag,
         memo=kopf.Memo(metrics=metrics),  # handlers.start uses these metrics instead of serving its own
@@ -131,7 +143,7 @@ async def run(settings: OperatorSettings, identity: str) -> int:
 
     if not settings.leader_election:
         log.info("%s: leader election disabled; running the operator", identity)
-        await _run_kopf(settings, metrics, stop_kopf, on_signal)
+        await _run_kopf(settings, metrics, identity, stop_kopf, on_signal)
         return EXIT_OK
 
     elector = LeaseElector(
@@ -172,7 +184,7 @@ async def _lead(
     # it started (its "hung tasks"), and only those that existed before are left alone.
     stop_holding = asyncio.Event()
     holder = asyncio.create_task(elector.hold(stop_holding), name="lease holder")
-    operator = _run_kopf(settings, metrics, stop_kopf, on_signal)
+    operator = _run_kopf(settings, metrics, elector.identity, stop_kopf, on_signal)
     await asyncio.wait({holder, operator}, return_when=asyncio.FIRST_COMPLETED)
 
     if operator.done():  # stopped by a signal, or failed

@@ -2,7 +2,9 @@
 # Build the test rig into $RIG_DIR (default: <repo>/.rig): a real Kubernetes control plane, etcd, kwok and
 # helm compiled from their Go modules in one `go build` (module tests/rig/go), Prometheus from Debian, and
 # manifests copied out of Go modules: third-party CRDs (Gateway API, Prometheus Operator, Istio) and kwok's
-# stages.
+# stages. Then the real node (build_node.sh: containerd, kubelet, kube-proxy, CNI, pause image), the gateway
+# (build_gateway.sh: Traefik) and Prometheus with Kubernetes discovery (build_prometheus.sh). The container
+# images of the project are built by build_images.sh (`make images`), which needs the project's sources.
 #   build.sh              build every piece whose inputs changed (or whose outputs are missing)
 #   build.sh --if-missing the same, but return at once (no apt, no go) when every piece is up to date
 # Every version comes from versions.env. A piece that cannot be built fails the script, loudly: the tests
@@ -177,11 +179,20 @@ all_fresh() {
     && fresh go "$(go_stamp)" $(go_outputs) \
     && fresh manifests "$(manifests_stamp)" $(manifests_outputs)
 }
+[[ $# -eq 0 || "$1" == "--if-missing" ]] || die "usage: build.sh [--if-missing]"
+# The other tiers have scripts of their own (their Go modules must not move the control plane's pins);
+# this one runs them all, with the same flag, after its own pieces.
+build_parts() {
+  local part
+  for part in node gateway prometheus; do
+    bash "$here/build_$part.sh" "$@"
+  done
+}
 if [[ "${1:-}" == "--if-missing" ]] && all_fresh; then
-  echo "rig: up to date in $RIG_DIR"
+  echo "rig: control plane up to date in $RIG_DIR"
+  build_parts "$@"
   exit 0
 fi
-[[ $# -eq 0 || "$1" == "--if-missing" ]] || die "usage: build.sh [--if-missing]"
 
 mkdir -p "$bin" "$crds" "$stamps"
 timings=()
@@ -208,6 +219,7 @@ echo "rig: $(go version); GOCACHE=$(go env GOCACHE) GOMODCACHE=$(go env GOMODCAC
 step go "$(go_stamp)" go_binaries $(go_outputs)
 step manifests "$(manifests_stamp)" manifests $(manifests_outputs)
 
+build_parts "$@"
 printf 'rig: %s\n' "${timings[@]}"
 echo "rig: ready in $RIG_DIR ($(( $(date +%s) - total_started ))s): Kubernetes $KUBERNETES_VERSION, kwok $KWOK_VERSION," \
   "etcd $ETCD_VERSION, helm $HELM_VERSION, $("$bin/prometheus" --version 2>&1 | head -1 | cut -d' ' -f1-3)"

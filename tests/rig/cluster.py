@@ -8,6 +8,7 @@ Deployments become Ready through the real controllers and scheduler; no containe
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -78,11 +79,21 @@ def _tmpfs_dir(prefix: str) -> Path:
 
 @dataclass(repr=False)
 class Cluster:
-    """One control plane. ``start()`` returns when the API, the CRDs and the fake nodes are all ready."""
+    """One control plane. ``start()`` returns when the API, the CRDs and the fake nodes are all ready.
+
+    By default everything listens on loopback and kwok plays ``nodes`` fake kubelets. For real nodes give
+    ``advertise``, an address of this host that pods can reach (``tests.rig.node_network``): the API server
+    binds and advertises it (the ``kubernetes`` Service's Endpoints then point at it, which loopback may
+    not), its certificate names it, and it reaches kubelets on their InternalIP, verifying their serving
+    certificates against the session CA with a client certificate of its own. ``service_cidr`` moves the
+    ClusterIP range (concurrent runs with real nodes each route their own); ``nodes=0`` starts no kwok.
+    """
 
     work_dir: Path
     log_dir: Path
     nodes: int = 3
+    advertise: str | None = None
+    service_cidr: str = SERVICE_CIDR
     server: str = field(init=False, default="")
     kubeconfig: Path = field(init=False, default=Path())
     api_client: k8s.ApiClient = field(init=False)
@@ -100,6 +111,7 @@ class Cluster:
         binaries = {
             name: paths.binary(name)
             for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+            if name != "kwok" or self.nodes > 0
         }
         paths.kubectl()
         crd_dirs = paths.crd_dirs()
@@ -180,16 +192,21 @@ class Cluster:
             alive=component.check_alive,
         )
 
+    @property
+    def service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP: the first address of the service range."""
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
+
     def _start_apiserver(self, apiserver: Path) -> None:
         pki = self.pki
-        serving = pki.issue(
-            "apiserver", "kube-apiserver", dns=APISERVER_SANS, ips=("127.0.0.1", SERVICE_IP), server=True
-        )
+        address = self.advertise or "127.0.0.1"
+        ips = ("127.0.0.1", self.service_ip, *((self.advertise,) if self.advertise else ()))
+        serving = pki.issue("apiserver", "kube-apiserver", dns=APISERVER_SANS, ips=ips, server=True)
         self.sa_keys = pki.service_account_keys()
         self.admin = pki.issue("admin", "rig-admin", organization="system:masters", client=True)
         front_proxy = pki.issue("front-proxy-client", "front-proxy-client", client=True)
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{address}:{port}"
         self.kubeconfig = write_kubeconfig(
             self.work_dir / "admin.kubeconfig",
             server=self.server,
@@ -203,8 +220,8 @@ class Cluster:
             [
                 str(apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={port}",
                 f"--cert-dir={self.work_dir / 'apiserver'}",
                 f"--tls-cert-file={serving.cert}",
@@ -213,7 +230,7 @@ class Cluster:
                 f"--service-account-issuer={ISSUER}",
                 f"--service-account-key-file={self.sa_keys.cert}",
                 f"--service-account-signing-key-file={self.sa_keys.key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 # The aggregation layer's front proxy, so extension API servers (and the components that
                 # read the extension-apiserver-authentication ConfigMap) see a complete configuration.
                 f"--requestheader-client-ca-file={pki.ca.cert}",
@@ -226,7 +243,7 @@ class Cluster:
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",  # added to the default set (PodSecurity, ...)
                 "--allow-privileged=true",  # so PodSecurity, not this switch, is what rejects privileged pods
-                "--endpoint-reconciler-type=none",  # Endpoints may not hold a loopback address
+                *self._node_facing_flags(),
                 "--profiling=false",
                 "--v=1",
             ],
@@ -237,6 +254,22 @@ class Cluster:
             what="kube-apiserver /readyz",
             alive=component.check_alive,
         )
+
+    def _node_facing_flags(self) -> list[str]:
+        if self.advertise is None:
+            return ["--endpoint-reconciler-type=none"]  # Endpoints may not hold a loopback address
+        # The API server as the kubelets' client (logs, exec, port-forward): a superuser, so the kubelets'
+        # Webhook authorization allows it; it checks their serving certificates against the session CA and
+        # dials their InternalIP (a real node's hostname resolves nowhere).
+        kubelet_client = self.pki.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organization="system:masters", client=True
+        )
+        return [
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={self.pki.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _component_kubeconfig(self, name: str, common_name: str, organization: str | None = None) -> Path:
         identity = self.pki.issue(name, common_name, organization=organization, client=True)
@@ -268,7 +301,7 @@ class Cluster:
                 f"--root-ca-file={self.pki.ca.cert}",
                 f"--cluster-signing-cert-file={self.pki.ca.cert}",
                 f"--cluster-signing-key-file={self.pki.ca.key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--use-service-account-credentials=true",
                 "--controllers=*",
                 "--leader-elect=false",
@@ -292,6 +325,10 @@ class Cluster:
                 "--v=1",
             ],
         )
+        if self.nodes > 0:
+            self._start_kwok(binaries["kwok"])
+
+    def _start_kwok(self, kwok: Path) -> None:
         # kwok acts for many kubelets at once, which no single node identity may; it gets its own admin cert.
         kwok_config = self._component_kubeconfig("kwok", "kwok-controller", organization="system:masters")
         # Our own config file (so a ~/.kwok/kwok.yaml on the machine is ignored) holding only the stages:
@@ -302,7 +339,7 @@ class Cluster:
         self._spawn(
             "kwok",
             [
-                str(binaries["kwok"]),
+                str(kwok),
                 f"--config={kwok_settings}",
                 f"--kubeconfig={kwok_config}",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",

@@ -72,3 +72,27 @@ def versions() -> dict[str, str]:
             key, _, value = line.partition("=")
             out[key.strip()] = value.strip().strip('"')
     return out
+
+
+NODE_FIX = "run `bash tests/rig/build_node.sh` to build the real node"
+
+
+def node_binary(name: str) -> Path:
+    """A binary of the real node (containerd, its shim, ctr, runc, kubelet, kube-proxy), with the fix."""
+    try:
+        return binary(name)
+    except RigMissingError:
+        raise RigMissingError(f"{rig_dir() / 'bin' / name} is missing: {NODE_FIX} (RIG_DIR={rig_dir()})") from None
+
+
+def images_dir() -> Path:
+    """OCI archives the real node imports at start (the pause sandbox, busybox, the project's images)."""
+    return rig_dir() / "images"
+
+
+def node_image_archives() -> list[Path]:
+    """Every OCI archive in ``images_dir()``; the sandbox (pause) image must be among them."""
+    archives = sorted(images_dir().glob("*.tar"))
+    if not any(archive.name == "pause.tar" for archive in archives):
+        raise RigMissingError(f"no pause.tar in {images_dir()}: {NODE_FIX}")
+    return archives

@@ -43,6 +43,8 @@ class Prometheus:
     work_dir: Path
     log_dir: Path
     port: int = field(default_factory=free_port)
+    binary: str = "prometheus"
+    """The rig binary: Debian's ``prometheus``, or ``prometheus-k8s`` (with Kubernetes service discovery)."""
     host: str = "127.0.0.1"
     """Where it listens: loopback, or an address pods can reach (an in-cluster operator queries it)."""
     component: Component | None = field(init=False, default=None)
@@ -79,7 +81,7 @@ class Prometheus:
         }
 
     def start(self) -> Prometheus:
-        prometheus = paths.binary("prometheus")
+        prometheus = paths.binary(self.binary)
         for directory in (self.targets_dir, self.rules_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._write_config()

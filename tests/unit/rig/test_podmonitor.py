@@ -57,7 +57,7 @@ def test_prometheus_accepts_the_configuration(tmp_path: Path) -> None:
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump({"scrape_configs": configs}))
     result = subprocess.run(
-        [str(binary("promtool")), "check", "config", "--syntax-only", str(path)],
+        [str(binary("promtool-k8s")), "check", "config", "--syntax-only", str(path)],
         capture_output=True,
         text=True,
         check=False,

@@ -1,0 +1,198 @@
+"""What a user sets up on a cluster before a rollout, done the user's way on the real node.
+
+The in-cluster model store (bundles from ConfigMaps over plain ``http://``, as in
+``docs/quickstart-kind.md``), the chart installed with ``helm install`` from the image built here, and
+``ModelDeployment`` manifests for ``kubectl apply``. The store runs the model-server image with Python's
+own static file server, so no third image is needed; it meets Pod Security ``restricted`` like the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from model_server.bundle import ModelManifest
+from tests.rig import Cluster, Prometheus
+from tests.rig.podmonitor import scrape_configs
+from tests.support.helm import CHART, Helm
+
+STORE = "model-store"
+STORE_PORT = 8080
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A trained bundle the store serves at ``<store>/<name>-<version>/``."""
+
+    manifest: ModelManifest
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.manifest.name}-{self.manifest.version}"
+
+
+def _volume_name(key: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", key.lower())
+
+
+def model_store(cluster: Cluster, namespace: str, bundles: Sequence[Bundle], image: str) -> str:
+    """Start the store with one ConfigMap per bundle; returns its base URL (the Service's ClusterIP: the
+    rig runs no cluster DNS, so model servers are given the address, not the name)."""
+    for bundle in bundles:
+        cluster.kubectl("-n", namespace, "create", "configmap", bundle.key, f"--from-file={bundle.path}")
+    mounts = [{"name": _volume_name(b.key), "mountPath": f"/srv/{b.key}", "readOnly": True} for b in bundles]
+    volumes = [{"name": _volume_name(b.key), "configMap": {"name": b.key}} for b in bundles]
+    labels = {"app.kubernetes.io/name": STORE}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": STORE, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "files",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["python", "-m", "http.server", str(STORE_PORT), "--directory", "/srv"],
+                            "ports": [{"name": "http", "containerPort": STORE_PORT}],
+                            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
+                            "securityContext": RESTRICTED_CONTAINER,
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": STORE, "namespace": namespace, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    cluster.apply(deployment)
+    cluster.apply(service)
+    cluster.kubectl("-n", namespace, "rollout", "status", f"deployment/{STORE}", "--timeout=180s")
+    found = k8s.CoreV1Api(cluster.api_client).read_namespaced_service(STORE, namespace)
+    return f"http://{found.spec.cluster_ip}"
+
+
+def install_operator(
+    cluster: Cluster, helm: Helm, namespace: str, release: str, image: str, values: Mapping[str, Any]
+) -> None:
+    """``helm install`` the chart with the operator image built here (``repo@sha256:…`` or ``repo:tag``)."""
+    repository, _, digest = image.partition("@")
+    image_values: dict[str, Any] = {"repository": repository, "pullPolicy": "IfNotPresent"}
+    if digest:
+        image_values["digest"] = digest
+    else:
+        repository, _, tag = image.rpartition(":")
+        image_values.update(repository=repository, tag=tag)
+    operator = {"image": image_values, **dict(values.get("operator", {}))}
+    chart_values = {**values, "fullnameOverride": release, "operator": operator}
+    helm.run(
+        "install", release, str(CHART), "-n", namespace, *helm.values_args(chart_values), "--wait", "--timeout=5m",
+        timeout=360,
+    )  # fmt: skip
+
+
+def model_deployment(
+    name: str,
+    namespace: str,
+    bundle: Bundle,
+    store: str,
+    image: str,
+    *,
+    prometheus: str,
+    gateway: tuple[str, str],
+    hostname: str,
+    strategy: Mapping[str, Any],
+    analysis: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A ModelDeployment of ``bundle`` from the store, routed by the HTTPRoute on ``gateway``
+    (namespace, name) for ``hostname``."""
+    manifest = bundle.manifest
+    return {
+        "apiVersion": "modelrollout.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {
+                "name": manifest.name,
+                "version": manifest.version,
+                "uri": f"{store}/{bundle.key}/",
+                "digest": manifest.digest,
+            },
+            "image": image,
+            "replicas": 2,
+            "strategy": dict(strategy),
+            "traffic": {
+                "provider": "gatewayAPI",
+                "gatewayAPI": {
+                    "parentRefs": [{"namespace": gateway[0], "name": gateway[1]}],
+                    "hostnames": [hostname],
+                },
+            },
+            "analysis": {**analysis, "prometheus": {"address": prometheus}},
+        },
+    }
+
+
+def discover_model_servers(cluster: Cluster, prometheus: Prometheus, namespace: str) -> None:
+    """Point Prometheus at the PodMonitors the chart installed in ``namespace``: Kubernetes service discovery
+    with their relabelling, as the Prometheus Operator would configure it, under an account that may only
+    read pods (what Prometheus' own RBAC grants for pod discovery)."""
+    found = json.loads(cluster.kubectl("-n", namespace, "get", "podmonitors", "-o", "json").stdout)["items"]
+    if not found:
+        raise AssertionError(f"the chart installed no PodMonitor in {namespace}")
+    account = "prometheus"
+    for document in (
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "rig-prometheus-discovery"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "rig-prometheus-discovery"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "rig-prometheus-discovery",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ):
+        cluster.apply(document)
+    kubeconfig = cluster.mint_service_account_kubeconfig(namespace, account)
+    prometheus.discover([config for monitor in found for config in scrape_configs(monitor, kubeconfig=kubeconfig)])

@@ -1,0 +1,61 @@
+"""What the rig's session fixtures share (integration and e2e): one log directory per session, kept and
+named whenever a test fails, and starting a rig piece so that a missing binary fails with the fix."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import pytest
+
+from tests.rig import RigMissingError
+
+LOG_DIR_KEY = pytest.StashKey[Path]()
+SUMMARY_KEY = pytest.StashKey[bool]()
+
+
+class _Startable(Protocol):
+    def start(self) -> object: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+def start_piece(server: S) -> S:
+    """Start a rig piece; a missing binary fails the test with the fix instead of a traceback."""
+    try:
+        server.start()
+        return server
+    except RigMissingError as error:
+        message = str(error)
+    pytest.fail(message, pytrace=False)
+
+
+def kept_logs(config: pytest.Config) -> Path | None:
+    """The log directory, if anything was written to it (a missing binary leaves it empty)."""
+    path = config.stash.get(LOG_DIR_KEY, None)
+    return path if path is not None and path.is_dir() and any(path.iterdir()) else None
+
+
+def log_dir(config: pytest.Config) -> Path:
+    """One log directory per session, created on first use and remembered in the config's stash."""
+    if LOG_DIR_KEY not in config.stash:
+        config.stash[LOG_DIR_KEY] = Path(tempfile.mkdtemp(prefix="rig-logs-"))
+    return config.stash[LOG_DIR_KEY]
+
+
+def add_logs_section(item: pytest.Item, report: pytest.TestReport, fixtures: set[str]) -> None:
+    """Name the kept log directory in the report of a failing test that used one of ``fixtures``."""
+    uses_rig = fixtures & set(getattr(item, "fixturenames", ()))
+    logs = kept_logs(item.config) if report.failed and uses_rig else None
+    if logs is not None:
+        report.sections.append(("rig logs", f"component logs kept in {logs}"))
+
+
+def summarize_logs(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Name the kept log directory once at the end of the session (several conftests may ask)."""
+    logs = kept_logs(config)
+    if logs is not None and not config.stash.get(SUMMARY_KEY, False):
+        config.stash[SUMMARY_KEY] = True
+        terminalreporter.write_line(f"rig: component logs kept in {logs}")
