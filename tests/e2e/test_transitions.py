@@ -108,6 +108,14 @@ class Story:
             time.sleep(0.5)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} ({expected}); status: {status}")
 
+    def deployment(self, name: str) -> k8s.V1Deployment | None:
+        try:
+            return k8s.AppsV1Api(self.cluster.api_client).read_namespaced_deployment(name, MODELS)
+        except k8s.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     def route_weight(self) -> int:
         route = k8s.CustomObjectsApi(self.cluster.api_client).get_namespaced_custom_object(
             "gateway.networking.k8s.io", "v1", MODELS, "httproutes", NAME
@@ -213,8 +221,9 @@ def test_every_transition_through_the_gateway_loses_no_request(story: Story, e2e
 
         started = load.mark()
         story.apply("4.0.0", BLUE_GREEN)
+        story.wait_for("the preview", 120, canaryVersion="4.0.0", strategy="BlueGreen")
+        wait_for(lambda: story.deployment(f"{NAME}-preview"), 60, "the preview Deployment")
         story.cluster.kubectl("-n", MODELS, "rollout", "status", f"deployment/{NAME}-preview", "--timeout=180s")
-        story.wait_for("the preview", 120, canaryVersion="4.0.0")
         _promote(story)
         story.wait_for("4.0.0 switched and promoted", 300, phase="Succeeded", stableVersion="4.0.0")
         _settle(load)
