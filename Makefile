@@ -64,8 +64,9 @@ bench-analysis: install ## statistical power of the canary analysis: canary-vs-s
 demo: install ## the whole rollout story locally (no cluster)
 	$(BIN)/modelrollout demo
 
-demo-cluster: install ## the rollout story on the local control plane + Prometheus (builds the rig first)
+demo-cluster: install ## the rollout story on the rig's real node behind Traefik (builds the rig and images first)
 	bash tests/rig/build.sh --if-missing
+	bash tests/rig/build_images.sh --if-missing
 	$(BIN)/python -m tests.rig.demo_cluster
 
 clean: ## remove caches (not the rig)

@@ -26,49 +26,30 @@ from kubernetes import client as k8s
 
 from model_operator.kube.manifests import DRAIN_SECONDS, TRACK_LABEL
 from model_server.training import load_config, train
-from tests.e2e.platform import Bundle, discover_model_servers, install_operator, model_deployment, model_store
 from tests.rig import Cluster, Prometheus
 from tests.support.gateway_load import GatewayLoad, Segment
 from tests.support.helm import Helm
+from tests.support.platform import (
+    ANALYSIS,
+    RELEASE,
+    SYSTEM,
+    Bundle,
+    model_deployment,
+    set_up,
+)
 from tests.support.rollouts import wait_for
 from tests.support.servers import MODELROLLOUT, REPO
 
 pytestmark = pytest.mark.e2e
 
 SUMMARY = REPO / "build" / "e2e" / "summary.json"
-OPERATOR_NAMESPACE = "modelrollout-system"
 MODELS = "models"
-RELEASE = "modelrollout"
 NAME = "iris"
 HOSTNAME = "iris.e2e.test"
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 VERSIONS = {"1.0.0": "iris-v1", "2.0.0": "iris-v2", "3.0.0": "iris-v3-constant", "4.0.0": "iris-v1", "5.0.0": "iris-v2"}
 BAD = "3.0.0"
 CANARY = {"type": "Canary", "canary": {"steps": [{"setWeight": 5}, {"setWeight": 50}, {"setWeight": 100}]}}
 BLUE_GREEN = {"type": "BlueGreen", "blueGreen": {"autoPromote": False, "scaleDownDelay": "10s"}}
-PREDICTIONS = (
-    'modelserver_predictions_total{namespace="models",model="{{model}}",track="{{track}}",version="{{canary_version}}"}'
-    "[{{window}}]"
-)
-ANALYSIS = {
-    "interval": "5s",
-    "window": "20s",
-    "failureLimit": 2,
-    "minRequests": 10,
-    "onNoData": "pause",
-    "slo": {"maxErrorRate": 0.01, "maxLatencyP95": "1s"},
-    "metrics": [
-        {
-            # a good model spreads the load's three species over three classes; the bad one says one always
-            "name": "top-class-share",
-            "query": f"max(sum by (class) (rate({PREDICTIONS}))) / sum(rate({PREDICTIONS}))",
-            "max": 0.6,
-        }
-    ],
-}
 
 
 @dataclass
@@ -124,9 +105,7 @@ class Story:
         return sum(int(ref.get("weight", 1)) for ref in refs if not str(ref["name"]).endswith("-stable"))
 
     def leader(self) -> str:
-        lease = k8s.CoordinationV1Api(self.cluster.api_client).read_namespaced_lease(
-            f"{RELEASE}-operator", OPERATOR_NAMESPACE
-        )
+        lease = k8s.CoordinationV1Api(self.cluster.api_client).read_namespaced_lease(f"{RELEASE}-operator", SYSTEM)
         holder = (lease.spec and lease.spec.holder_identity) or ""
         return holder.rsplit("_", 1)[0]  # the pod's name and a random suffix
 
@@ -157,18 +136,9 @@ def story(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Story]:
     cluster = e2e_cluster
-    cluster.apply(REPO / "crds" / "modeldeployments.yaml")
-    cluster.wait_for_crds()
-    cluster.create_namespace(OPERATOR_NAMESPACE, RESTRICTED)
-    cluster.create_namespace(MODELS, RESTRICTED)
     bundles = _bundles(tmp_path_factory.mktemp("bundles"))
-    store = model_store(cluster, MODELS, list(bundles.values()), e2e_images["model-server"])
     helm = Helm(tmp_path_factory.mktemp("helm"), cluster.kubeconfig)
-    install_operator(
-        cluster, helm, OPERATOR_NAMESPACE, RELEASE, e2e_images["operator"],
-        {"podMonitor": {"enabled": True, "interval": "2s"}, "operator": {"maxTickSeconds": 2}},
-    )  # fmt: skip
-    discover_model_servers(cluster, e2e_prometheus, OPERATOR_NAMESPACE)
+    store = set_up(cluster, e2e_prometheus, helm, MODELS, list(bundles.values()), e2e_images)
     yield Story(
         cluster,
         store,
@@ -178,7 +148,7 @@ def story(
         (e2e_gateway.namespace, e2e_gateway.name),
         e2e_prometheus,
     )
-    helm.run("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+    helm.run("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False)
 
 
 def _settle(load: GatewayLoad) -> None:
@@ -233,7 +203,7 @@ def test_every_transition_through_the_gateway_loses_no_request(story: Story, e2e
         story.apply("5.0.0", CANARY)
         story.wait_for("5.0.0 on its first step", 180, canaryWeight=5)
         leader = story.leader()
-        story.cluster.kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", leader, "--wait=false")
+        story.cluster.kubectl("-n", SYSTEM, "delete", "pod", leader, "--wait=false")
         story.wait_for("5.0.0 promoted by the next leader", 300, phase="Succeeded", stableVersion="5.0.0")
         _settle(load)
         failover = story.record(load.segment("failover", started, load.mark()), deleted_leader=leader)

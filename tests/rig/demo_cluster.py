@@ -1,11 +1,12 @@
-"""``make demo-cluster``: the rollout story of ``make demo`` on the test rig's real control plane and Prometheus.
+"""``make demo-cluster``: the rollout story of ``make demo`` on the test rig's real node behind a real gateway.
 
-1.0.0 becomes stable, 2.0.0 goes canary 10 → 50 → 100 % and is promoted, 3.0.0 (the iris-v2 model served
-with the test-only ``--fault-error-rate 0.3``) is rolled back. Everything is wired as the operator
-integration tests wire it: etcd + kube-apiserver + controllers + kwok and Prometheus from ``$RIG_DIR``, the
-Helm chart installed, the operator process running with the chart ServiceAccount's token, real model-server
-processes scraped by Prometheus, and ``WeightedLoad`` standing in for the gateway (it reads the HTTPRoute's
-weights). ``kubectl get md -w`` and the operator's Events stream to the terminal while it runs.
+1.0.0 becomes stable, 2.0.0 goes canary 10 → 50 → 100 % and is promoted, 3.0.0 (iris-v3-constant: it answers
+fast and without errors, but always the same class) is rolled back. Everything runs as a user runs it: the
+control plane and a real node (containerd, kubelet, kube-proxy) from ``$RIG_DIR``, the Helm chart installed with
+the operator image built here (two replicas electing a leader), the model servers as pods from the model-server
+image, bundles from an in-cluster store, Prometheus discovering the pods through the chart's PodMonitor, and
+Traefik routing 30 requests/s by the operator's HTTPRoute. ``kubectl get md -w`` and the operator's Events stream
+to the terminal while it runs. Needs root (the node's network namespace, mounts and cgroups).
 
 Run it with ``python -m tests.rig.demo_cluster [--out DIR]`` (default ``build/demo-cluster``; every log in
 ``DIR/logs``). Ctrl-C or an error stops every process it started and says so in one line.
@@ -17,7 +18,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -34,39 +34,34 @@ from typing import IO, Any
 try:  # seconds of imports (scikit-learn, kubernetes): a Ctrl-C meanwhile is an interruption, not a traceback
     from kubernetes import client as k8s
 
-    from model_server.bundle import ModelManifest
+    from model_operator.kube.manifests import DRAIN_SECONDS
     from model_server.training import load_config, train
     from tests.rig import Cluster, Prometheus, RigMissingError, paths
+    from tests.rig.gateway import Gateway
+    from tests.rig.images import built_images
+    from tests.rig.node import RealNode
+    from tests.rig.node_network import NodeNetwork
     from tests.rig.procs import _die_with_parent
-    from tests.support.helm import CHART, Helm
-    from tests.support.rollouts import OperatorProcess, WeightedLoad, model_deployment, model_ref
-    from tests.support.servers import MODELROLLOUT, REPO, ServerProcess
+    from tests.support.gateway_load import GatewayLoad
+    from tests.support.helm import Helm
+    from tests.support.platform import ANALYSIS, RELEASE, SYSTEM, Bundle, model_deployment, set_up
+    from tests.support.servers import MODELROLLOUT, REPO
 except KeyboardInterrupt:
     if __name__ != "__main__":
         raise
     print("demo-cluster interrupted before it started anything", flush=True)
     os._exit(130)  # not sys.exit: after a KeyboardInterrupt inside an import Python would re-raise SIGINT on exit
 
-NAMESPACE, NAME, SYSTEM = "models", "iris", "modelrollout-system"
+NAMESPACE, NAME, HOSTNAME = "models", "iris", "iris.demo.test"
 DEFAULT_OUT = REPO / "build" / "demo-cluster"
 EXAMPLES = REPO / "examples"
-FAULT = ("--fault-error-rate", "0.3")
-RIG_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "helm", "prometheus")
-# Short analysis so the story fits in minutes (the shipped defaults are interval 20s, window 1m).
+RIG_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "helm", "kubelet", "kube-proxy",
+                "containerd", "traefik", "prometheus-k8s")  # fmt: skip
 STEPS: list[dict[str, Any]] = [{"setWeight": 10}, {"pause": {"duration": "2s"}}, {"setWeight": 50}, {"setWeight": 100}]
-ANALYSIS: dict[str, Any] = {
-    "interval": "2s",
-    "window": "8s",
-    "failureLimit": 2,
-    "minRequests": 10,
-    "inconclusiveLimit": 10,
-    "onNoData": "pause",
-    # 500 ms, not the demo's 250 ms: on a busy 2-core machine a good model's p95 must not fail the story.
-    "slo": {"maxErrorRate": 0.02, "maxLatencyP95": "500ms"},
-}
-RATE = 40.0  # requests/s in total, loopback only
-SETTLE_TIMEOUT = 120.0  # first model stable: Deployment pods Ready under kwok
-ROLLOUT_TIMEOUT = 150.0  # a canary reaches Succeeded or RolledBack
+STRATEGY: dict[str, Any] = {"type": "Canary", "canary": {"steps": STEPS}}
+RATE = 30.0  # requests/s in total, to the gateway on loopback only
+SETTLE_TIMEOUT = 240.0  # first model stable: the model-server pods pulled from the store and Ready
+ROLLOUT_TIMEOUT = 240.0  # a canary reaches Succeeded or RolledBack
 PREFIX_MD, PREFIX_EVENT, PREFIX_STATUS, PREFIX_DEMO = "[md]     ", "[event]  ", "[status] ", "==> "
 log = logging.getLogger("demo-cluster")
 # Set by Ctrl-C / SIGTERM. The handler raises KeyboardInterrupt too, but Python drops an exception raised while it
@@ -145,16 +140,11 @@ class Follower:
 
 
 @dataclass(frozen=True)
-class Bundle:
-    manifest: ModelManifest
-    path: Path
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    def model(self) -> dict[str, str]:
-        return model_ref(self.manifest, self.path)
+class Rig:
+    cluster: Cluster
+    node: RealNode
+    gateway: Gateway
+    prometheus: Prometheus
 
 
 @dataclass
@@ -166,38 +156,13 @@ class Outcome:
     stable: str
     seconds: float
     weights: list[int]
+    """The distinct canary weights the status reported, in order."""
     sent: Counter[tuple[str, int]]
+    """Answers at the gateway by (model version, HTTP status; 0: connection error)."""
+    failed: int
+    """Requests that failed at the gateway (connection errors, non-2xx)."""
     rollback_latency: float | None = None
-
-
-def md_body(bundle: Bundle, prometheus_url: str) -> dict[str, Any]:
-    return model_deployment(NAME, NAMESPACE, bundle.model(), prometheus_url, STEPS, ANALYSIS)
-
-
-def weights_seen(timeline: Sequence[tuple[float, int]]) -> list[int]:
-    """The distinct non-zero canary weights the gateway applied, in order."""
-    seen: list[int] = []
-    for _, weight in timeline:
-        if weight and (not seen or seen[-1] != weight):
-            seen.append(weight)
-    return seen
-
-
-def rollback_latency(timeline: Sequence[tuple[float, int]]) -> float | None:
-    """Seconds from the first moment the canary got traffic to the moment its weight was 0 again."""
-    start = next((t for t, w in timeline if w > 0), None)
-    if start is None:
-        return None
-    return next((t - start for t, w in timeline if t > start and w == 0), None)
-
-
-def operator_rollback_seconds(metrics: str) -> float | None:
-    """``modelrollout_rollback_duration_seconds`` (first failed analysis → weight 0), mean over its rollbacks."""
-    found = {"sum": 0.0, "count": 0.0}
-    pattern = r"^modelrollout_rollback_duration_seconds_(sum|count)(?:\{[^}]*\})?\s+(\S+)$"
-    for kind, value in re.findall(pattern, metrics, re.M):
-        found[kind] += float(value)  # summed over label sets (one per ModelDeployment)
-    return found["sum"] / found["count"] if found["count"] else None
+    """Seconds from the bad version's first answer at the gateway to its last."""
 
 
 def checkpoint() -> None:
@@ -207,17 +172,19 @@ def checkpoint() -> None:
 
 
 def missing_rig_piece() -> str | None:
-    """The first rig piece that is not there (checked before anything starts), or None."""
+    """What of the rig is not there (checked before anything starts), with the command that builds it, or None."""
     for name in RIG_BINARIES:
         try:
             paths.binary(name)
         except RigMissingError:
-            return str(paths.rig_dir() / "bin" / name)
-    for what, probe in (("crds", paths.crd_dirs), ("kwok/stages", paths.kwok_stages)):
-        try:
-            probe()
-        except RigMissingError:
-            return str(paths.rig_dir() / what)
+            return f"no {paths.rig_dir() / 'bin' / name}: run `make rig` first"
+    try:
+        paths.crd_dirs()
+        built_images()
+    except RigMissingError as exc:
+        return str(exc)
+    if os.geteuid() != 0:
+        return "the real node needs root (network namespaces, mounts, cgroups): run it as root"
     return None
 
 
@@ -244,58 +211,52 @@ class Story:
     # --- setup ------------------------------------------------------------------------------------
 
     def train(self) -> dict[str, Bundle]:
-        self.say("training iris 1.0.0 (iris-v1.yaml), 2.0.0 (iris-v2.yaml) and the bad 3.0.0 (iris-v2.yaml again)")
+        self.say("training iris 1.0.0 (iris-v1.yaml), 2.0.0 (iris-v2.yaml) and the bad 3.0.0 (iris-v3-constant.yaml)")
         bundles: dict[str, Bundle] = {}
-        for stem, version in (("iris-v1", "1.0.0"), ("iris-v2", "2.0.0"), ("iris-v2", "3.0.0")):
+        for stem, version in (("iris-v1", "1.0.0"), ("iris-v2", "2.0.0"), ("iris-v3-constant", "3.0.0")):
             config = load_config(EXAMPLES / f"{stem}.yaml").model_copy(update={"version": version})
             path = self.out / "bundles" / f"iris-{version}"
             bundles[version] = Bundle(train(config, path), path)
         return bundles
 
-    def server(self, bundle: Bundle, track: str, *extra: str) -> ServerProcess:
-        server = ServerProcess(
-            f"file://{bundle.path}", self.logs / f"server-{bundle.version}-{track}.log", ("--track", track, *extra)
-        )
-        self.later(f"server {bundle.version} {track}", server.stop)
-        server.spawn()
-        return server
-
-    def start_rig(self) -> tuple[Cluster, Prometheus]:
-        self.say(
-            "starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) and Prometheus"
-        )
-        cluster = Cluster(work_dir=self.out / "cluster", log_dir=self.logs)
+    def start_rig(self) -> Rig:
+        self.say("starting the control plane (etcd, kube-apiserver, controller-manager, scheduler) and a real node "
+                 "(containerd, kubelet, kube-proxy) in its own network namespace")  # fmt: skip
+        network = NodeNetwork().claim()
+        self.later("the node's network", network.release)
+        addresses = network.addresses
+        cluster = Cluster(work_dir=self.out / "cluster", log_dir=self.logs, nodes=0, advertise=addresses.host_ip,
+                          service_cidr=addresses.service_cidr)  # fmt: skip
         self.later("the control plane", cluster.stop)
         cluster.start()
-        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in cluster.startup_phases.items())
-        self.say(f"control plane ready in {cluster.startup_seconds:.1f}s ({phases}) at {cluster.server}")
+        self.say(f"control plane ready in {cluster.startup_seconds:.1f}s at {cluster.server}")
         self.say(f"  kubeconfig: {cluster.kubeconfig}")
-        prometheus = Prometheus(work_dir=self.out / "prometheus", log_dir=self.logs)
+        node = RealNode(cluster=cluster, network=network)
+        self.later("the node", node.stop)
+        node.start()
+        self.say(f"node {node.name} Ready in {node.startup_seconds:.1f}s: pods in {node.pod_cidr}, images "
+                 f"{', '.join(node.imported)}")  # fmt: skip
+        gateway = Gateway(cluster, self.out / "gateway", self.logs)
+        self.later("the gateway", gateway.stop)
+        gateway.start()
+        self.say(f"Traefik routes Gateway {gateway.namespace}/{gateway.name} at {gateway.url}")
+        prometheus = Prometheus(work_dir=self.out / "prometheus", log_dir=self.logs, binary="prometheus-k8s",
+                                host=addresses.host_ip)  # fmt: skip
         self.later("Prometheus", prometheus.stop)
         prometheus.start()
-        self.say(f"Prometheus ready at {prometheus.url} (scrapes every 1s)")
-        return cluster, prometheus
+        self.say(f"Prometheus ready at {prometheus.url}")
+        return Rig(cluster, node, gateway, prometheus)
 
-    def install(self, cluster: Cluster, prometheus: Prometheus) -> OperatorProcess:
-        cluster.apply(REPO / "crds" / "modeldeployments.yaml")
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelrollout.io", "--timeout=60s")
-        restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
-        cluster.create_namespace(SYSTEM, restricted)
-        cluster.create_namespace(NAMESPACE, restricted)
-        self.say(f"helm install modelrollout charts/modelrollout -n {SYSTEM} --wait")
-        Helm(self.out / "helm", cluster.kubeconfig).run("install", "modelrollout", str(CHART), "-n", SYSTEM, "--wait")
-        # The chart's replicas are kwok pods (no container runs); this process is the operator that acts, with
-        # exactly the RBAC the chart grants its ServiceAccount.
-        kubeconfig = cluster.mint_service_account_kubeconfig(SYSTEM, "modelrollout-operator")
-        self.say(f"starting the operator as ServiceAccount {SYSTEM}/modelrollout-operator (the chart's RBAC)")
-        operator = OperatorProcess(kubeconfig, self.logs / "operator.log")  # the chart's lease timings
-        self.later("the operator", operator.stop)
-        try:
-            operator.start()
-        except AssertionError as exc:  # the support class reports a dead operator or a timeout this way
-            raise DemoClusterError(f"the operator did not start leading: {str(exc).splitlines()[0]}") from exc
-        prometheus.add_target("modelrollout-operator-metrics", f"127.0.0.1:{operator.metrics_port}")
-        return operator
+    def install(self, rig: Rig, bundles: dict[str, Bundle]) -> str:
+        images = {name: image.pinned for name, image in built_images().items()}
+        self.say(f"helm install {RELEASE} charts/modelrollout -n {SYSTEM} --wait (operator image {images['operator']},"
+                 " 2 replicas electing a leader); the model store; Prometheus discovers the model servers through "
+                 "the chart's PodMonitor")  # fmt: skip
+        helm = Helm(self.out / "helm", rig.cluster.kubeconfig)
+        store = set_up(rig.cluster, rig.prometheus, helm, NAMESPACE, list(bundles.values()), images)
+        self.later("the chart", lambda: helm.run("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False))
+        self.server_image = images["model-server"]
+        return store
 
     def follow(self, cluster: Cluster) -> Follower:
         kubectl = [str(paths.kubectl()), f"--kubeconfig={cluster.kubeconfig}"]
@@ -313,6 +274,12 @@ class Story:
                  f"({PREFIX_EVENT.strip()})")  # fmt: skip
         return watch
 
+    def md_body(self, rig: Rig, store: str, bundle: Bundle) -> dict[str, Any]:
+        return model_deployment(
+            NAME, NAMESPACE, bundle, store, self.server_image, prometheus=rig.prometheus.url,
+            gateway=(rig.gateway.namespace, rig.gateway.name), hostname=HOSTNAME, strategy=STRATEGY, analysis=ANALYSIS,
+        )  # fmt: skip
+
     # --- the rollouts -----------------------------------------------------------------------------
 
     def status(self, cluster: Cluster) -> dict[str, Any]:
@@ -324,7 +291,7 @@ class Story:
 
     def wait(
         self, cluster: Cluster, done: Callable[[dict[str, Any]], bool], timeout: float, what: str,
-        alive: Callable[[], None],
+        alive: Callable[[], None], weights: list[int] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
@@ -333,6 +300,9 @@ class Story:
             alive()
             with contextlib.suppress(k8s.ApiException):
                 status = self.status(cluster)
+                weight = int(status.get("canaryWeight") or 0)
+                if weights is not None and weight and (not weights or weights[-1] != weight):
+                    weights.append(weight)
                 if done(status):
                     return status
             time.sleep(0.25)
@@ -354,124 +324,93 @@ class Story:
         self.console.say(result.stdout.rstrip("\n"), PREFIX_STATUS)
 
     def run(self) -> list[Outcome]:
-        for stale in ("bundles", "cluster", "prometheus", "logs", "helm"):
+        for stale in ("bundles", "cluster", "prometheus", "gateway", "logs", "helm"):
             shutil.rmtree(self.out / stale, ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         bundles = self.train()
         v1, v2, v3 = bundles["1.0.0"], bundles["2.0.0"], bundles["3.0.0"]
-        # Each Deployment's pods are played by one server process with its track; they start (imports take
-        # seconds) while the control plane comes up.
-        servers = {
-            "v1-stable": self.server(v1, "stable"),
-            "v2-canary": self.server(v2, "canary"),
-            "v2-stable": self.server(v2, "stable"),
-            "v3-canary": self.server(v3, "canary", *FAULT),
-        }
-        cluster, prometheus = self.start_rig()
-        operator = self.install(cluster, prometheus)
-        for name, server in servers.items():
-            try:
-                server.wait_ready()
-            except RuntimeError as exc:
-                raise DemoClusterError(f"model server {name} did not start (log: {server.log_path})") from exc
-            prometheus.add_target(f"{NAME}-{name}", f"127.0.0.1:{server.port}", {"namespace": NAMESPACE})
-            log.info("server %s on %s", name, server.url)
-        self.say("model servers ready and scraped: 1.0.0 stable, 2.0.0 canary, 2.0.0 stable, 3.0.0 canary "
-                 f"({' '.join(FAULT)})")  # fmt: skip
-        watch = self.follow(cluster)
+        rig = self.start_rig()
+        store = self.install(rig, bundles)
+        watch = self.follow(rig.cluster)
 
         def alive() -> None:
             checkpoint()
-            if operator.process is not None and operator.process.poll() is not None:
-                raise DemoClusterError(
-                    f"the operator exited with {operator.process.returncode} (log: {operator.log_path})"
-                )
-            for name, server in servers.items():
-                if server.process is not None and server.process.poll() is not None:
-                    raise DemoClusterError(f"model server {name} exited (log: {server.log_path})")
-            cluster.check_alive()
+            rig.cluster.check_alive()
+            rig.node.check_alive()
+            rig.gateway.check_alive()
 
         self.say(f"kubectl apply: ModelDeployment {NAMESPACE}/{NAME} at 1.0.0 (the first model becomes stable)")
-        cluster.apply(md_body(v1, prometheus.url))
-        self.wait(cluster, lambda s: s.get("phase") == "Succeeded" and s.get("stableVersion") == v1.version,
+        rig.cluster.apply(self.md_body(rig, store, v1))
+        self.wait(rig.cluster, lambda s: s.get("phase") == "Succeeded" and s.get("stableVersion") == "1.0.0",
                   SETTLE_TIMEOUT, "1.0.0 to become stable", alive)  # fmt: skip
-
         outcomes = [
-            self.rollout(cluster, prometheus, v1, v2, servers["v1-stable"], servers["v2-canary"], alive, "Succeeded"),
-            self.rollout(cluster, prometheus, v2, v3, servers["v2-stable"], servers["v3-canary"], alive, "RolledBack"),
+            self.rollout(rig, store, v1, v2, alive, "Succeeded"),
+            self.rollout(rig, store, v2, v3, alive, "RolledBack"),
         ]
-        seconds = operator_rollback_seconds(operator.metrics())
-        if seconds is not None:
-            self.say(f"operator metric modelrollout_rollback_duration_seconds (first failed analysis → weight 0): "
-                     f"{seconds:.1f}s")  # fmt: skip
         time.sleep(1)  # the last watch lines reach the terminal
         if not watch.lines:
             raise DemoClusterError("`kubectl get md -w` printed nothing")
         return outcomes
 
     def rollout(
-        self, cluster: Cluster, prometheus: Prometheus, stable: Bundle, canary: Bundle, stable_server: ServerProcess,
-        canary_server: ServerProcess, alive: Callable[[], None], expected: str,
-    ) -> Outcome:  # fmt: skip
+        self, rig: Rig, store: str, stable: Bundle, canary: Bundle, alive: Callable[[], None], expected: str
+    ) -> Outcome:
         good = expected == "Succeeded"
-        kind = "good" if good else f"bad: {' '.join(FAULT)}"
-        backends = {"stable": stable_server.url, "canary": canary_server.url}
-        load = WeightedLoad(cluster.api_client, NAMESPACE, NAME, backends, rate=RATE, max_seconds=ROLLOUT_TIMEOUT + 30)
+        old, new = stable.manifest.version, canary.manifest.version
+        kind = "good" if good else "bad: it always predicts one class"
+        load = GatewayLoad(rig.gateway.url, host=HOSTNAME, rate=RATE, max_seconds=ROLLOUT_TIMEOUT + 60)
         self.later("the load", load.stop)
-        self.say(f"traffic: {RATE:g} requests/s split by the HTTPRoute's weights (stable {stable.version}, "
-                 f"canary {canary.version})")  # fmt: skip
+        self.say(f"traffic: {RATE:g} requests/s to the gateway {rig.gateway.url} (Host {HOSTNAME}); Traefik splits "
+                 "it by the operator's HTTPRoute")  # fmt: skip
         load.start()
-        time.sleep(2)
+        load.wait_for_requests(int(RATE))
         self.say(
-            f"kubectl apply: spec.model {stable.version} → {canary.version} ({kind}) starts a canary "
-            f"10% → pause 2s → 50% → 100%, analysis every {ANALYSIS['interval']} over {ANALYSIS['window']}"
+            f"kubectl apply: spec.model {old} → {new} ({kind}) starts a canary 10% → pause 2s → 50% → 100%, "
+            f"analysis every {ANALYSIS['interval']} over {ANALYSIS['window']}"
         )
         began = time.monotonic()
-        cluster.apply(md_body(canary, prometheus.url))
+        rig.cluster.apply(self.md_body(rig, store, canary))
 
         def finished(status: dict[str, Any]) -> bool:
             return status.get("phase") == "RolledBack" or (
-                status.get("phase") == "Succeeded" and status.get("stableVersion") == canary.version
+                status.get("phase") == "Succeeded" and status.get("stableVersion") == new
             )
 
-        status = self.wait(cluster, finished, ROLLOUT_TIMEOUT, f"the {canary.version} canary to finish", alive)
+        weights: list[int] = []
+        status = self.wait(rig.cluster, finished, ROLLOUT_TIMEOUT, f"the {new} canary to finish", alive, weights)
         seconds = time.monotonic() - began
         phase = str(status.get("phase"))
-        self.say(f"{canary.version}: {phase} after {seconds:.1f}s: {status.get('message') or ''}")
+        self.say(f"{new}: {phase} after {seconds:.1f}s: {status.get('message') or ''}")
         if phase != expected:
-            raise DemoClusterError(
-                f"{canary.version} ended {phase}, expected {expected}: {status.get('message')} "
-                f"(operator log: {self.logs / 'operator.log'})"
-            )
-        latency = None
-        if not good:
-            deadline = time.monotonic() + 10
-            while load.canary_weight() != 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            latency = rollback_latency(list(load.weights))
-            time.sleep(2)  # stable takes everything back
+            raise DemoClusterError(f"{new} ended {phase}, expected {expected}: {status.get('message')}")
+        time.sleep(DRAIN_SECONDS)  # pods scaled away drain: the load goes on through it
         load.stop()
-        self.modelrollout_status(cluster)
-        return Outcome(canary.version, phase, str(status.get("stableVersion")), seconds,
-                       weights_seen(list(load.weights)), Counter(load.sent), latency)  # fmt: skip
+        segment = load.segment(new, began, time.monotonic())
+        first, last = segment.first(new), segment.last(new)
+        latency = last.at - first.at if not good and first is not None and last is not None else None
+        self.modelrollout_status(rig.cluster)
+        sent = Counter((sample.version or "none", sample.status) for sample in segment.samples)
+        return Outcome(new, phase, str(status.get("stableVersion")), seconds, weights, sent, len(segment.failed),
+                       latency)  # fmt: skip
 
 
 def summary_lines(outcomes: Sequence[Outcome], total: float, logs: Path) -> list[str]:
     lines = []
     for outcome in outcomes:
-        canary = sum(n for (track, _), n in outcome.sent.items() if track == "canary")
-        errors = sum(n for (track, code), n in outcome.sent.items() if track == "canary" and code >= 500)
+        answered = sum(n for (version, _), n in outcome.sent.items() if version == outcome.canary)
         weights = " → ".join(f"{w}%" for w in outcome.weights) or "none"
         lines.append(
-            f"  {outcome.canary}: {outcome.phase} in {outcome.seconds:.1f}s, stable {outcome.stable}; gateway weights "
-            f"{weights}; canary answered {canary} requests, {errors} with 5xx"
+            f"  {outcome.canary}: {outcome.phase} in {outcome.seconds:.1f}s, stable {outcome.stable}; weights "
+            f"{weights}; {outcome.canary} answered {answered} of {outcome.sent.total()} requests at the gateway, "
+            f"{outcome.failed} failed"
         )
     bad = outcomes[-1]
     latency = f"{bad.rollback_latency:.1f}s" if bad.rollback_latency is not None else "n/a"
-    lines.append(f"  rollback latency (gateway: first request to {bad.canary} → weight 0): {latency}")
+    lines.append(f"  rollback latency (gateway: first answer from {bad.canary} → its last): {latency}")
     lines.append(f"  logs: {logs}")
     phases = ", ".join(f"{o.canary} {o.phase}" for o in outcomes)
-    lines.append(f"summary: {phases}, rollback latency {latency}, total {total:.0f}s")
+    failed = sum(o.failed for o in outcomes)
+    lines.append(f"summary: {phases}, rollback latency {latency}, failed requests {failed}, total {total:.0f}s")
     return lines
 
 
@@ -503,9 +442,7 @@ def _cleanup(stack: contextlib.ExitStack, console: Console) -> None:
     """Stop everything, in reverse order of starting; a second Ctrl-C or a SIGTERM must not cut it short."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        console.say(
-            "stopping what it started: load, kubectl watches, operator, model servers, Prometheus, control plane"
-        )
+        console.say("stopping what it started: load, kubectl watches, chart, Prometheus, gateway, node, control plane")
         stack.close()
     finally:
         for sig, handler in previous.items():
@@ -542,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(requested_out: Path, console: Console) -> int:
     missing = missing_rig_piece()
     if missing is not None:
-        console.say(f"demo-cluster: the test rig is not built (no {missing}): run `make rig` first", "")
+        console.say(f"demo-cluster: cannot start: {missing}", "")
         return 2
     try:
         paths.kubectl()

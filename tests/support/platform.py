@@ -21,8 +21,43 @@ from model_server.bundle import ModelManifest
 from tests.rig import Cluster, Prometheus
 from tests.rig.podmonitor import scrape_configs
 from tests.support.helm import CHART, Helm
+from tests.support.servers import REPO
 
+# Analysis for the rig's short stories: every 5 s over 20 s of traffic. Besides the SLO, a check a bad model
+# cannot pass even when it answers fast and without errors: with one flower of each species per request
+# (``gateway_load.IRIS_ROWS``) a good model spreads its predictions over three classes; iris-v3-constant says
+# one class always.
+PREDICTIONS = (
+    'modelserver_predictions_total{model="{{model}}",track="{{track}}",version="{{canary_version}}"}[{{window}}]'
+)
+ANALYSIS = {
+    "interval": "5s",
+    "window": "20s",
+    "failureLimit": 2,
+    "minRequests": 10,
+    "onNoData": "pause",
+    "slo": {"maxErrorRate": 0.01, "maxLatencyP95": "1s"},
+    "metrics": [
+        {
+            # a good model spreads the load's three species over three classes; the bad one says one always
+            "name": "top-class-share",
+            "query": f"max(sum by (class) (rate({PREDICTIONS}))) / sum(rate({PREDICTIONS}))",
+            "max": 0.6,
+        }
+    ],
+}
+
+
+CRD = REPO / "crds" / "modeldeployments.yaml"
 STORE = "model-store"
+SYSTEM = "modelrollout-system"
+RELEASE = "modelrollout"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+# The chart as these stories install it: monitors on, scraped every 2 s, ticks at most 2 s apart when active.
+CHART_VALUES: dict[str, Any] = {"podMonitor": {"enabled": True, "interval": "2s"}, "operator": {"maxTickSeconds": 2}}
 STORE_PORT = 8080
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -196,3 +231,24 @@ def discover_model_servers(cluster: Cluster, prometheus: Prometheus, namespace: 
         cluster.apply(document)
     kubeconfig = cluster.mint_service_account_kubeconfig(namespace, account)
     prometheus.discover([config for monitor in found for config in scrape_configs(monitor, kubeconfig=kubeconfig)])
+
+
+def set_up(
+    cluster: Cluster,
+    prometheus: Prometheus,
+    helm: Helm,
+    namespace: str,
+    bundles: Sequence[Bundle],
+    images: Mapping[str, str],
+) -> str:
+    """Everything before the first ``kubectl apply`` of a ModelDeployment: the CRD, the operator's and the
+    models' namespaces (both enforcing ``restricted``), the model store with ``bundles``, the chart with the
+    operator image, and Prometheus discovering the model servers. Returns the store's base URL."""
+    cluster.apply(CRD)
+    cluster.wait_for_crds()
+    cluster.create_namespace(SYSTEM, RESTRICTED)
+    cluster.create_namespace(namespace, RESTRICTED)
+    store = model_store(cluster, namespace, bundles, images["model-server"])
+    install_operator(cluster, helm, SYSTEM, RELEASE, images["operator"], CHART_VALUES)
+    discover_model_servers(cluster, prometheus, SYSTEM)
+    return store
