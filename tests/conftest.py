@@ -12,6 +12,8 @@ from model_server.training import load_config, train
 from tests.support.servers import REPO, ServerProcess
 
 EXAMPLES = REPO / "examples"
+# The rig tiers' shared session fixture (rig_log_dir) and helpers; only the root conftest may name plugins.
+pytest_plugins = ["tests.support.rig_session"]
 
 
 @pytest.fixture(scope="session")

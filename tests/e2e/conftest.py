@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -23,22 +22,21 @@ from tests.rig.gateway import Gateway
 from tests.rig.images import built_images
 from tests.rig.node import RealNode
 from tests.rig.node_network import NodeNetwork
-from tests.support.rig_session import add_logs_section, kept_logs, log_dir, start_piece, summarize_logs
+from tests.support.rig_session import add_logs_section, start_piece, summarize_logs
 
-RIG_FIXTURES = {"e2e_cluster", "real_node", "node_network", "rig_log_dir", "restricted_namespace"}
+RIG_FIXTURES = {
+    "e2e_cluster",
+    "real_node",
+    "node_network",
+    "rig_log_dir",
+    "restricted_namespace",
+    "e2e_gateway",
+    "e2e_prometheus",
+}
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-
-
-@pytest.fixture(scope="session")
-def rig_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """Where every rig component (control plane and node) writes its log."""
-    path = log_dir(request.config)
-    yield path
-    if request.session.testsfailed == 0 or kept_logs(request.config) is None:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

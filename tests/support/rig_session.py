@@ -3,7 +3,9 @@ named whenever a test fails, and starting a rig piece so that a missing binary f
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -59,3 +61,13 @@ def summarize_logs(terminalreporter: pytest.TerminalReporter, config: pytest.Con
     if logs is not None and not config.stash.get(SUMMARY_KEY, False):
         config.stash[SUMMARY_KEY] = True
         terminalreporter.write_line(f"rig: component logs kept in {logs}")
+
+
+@pytest.fixture(scope="session")
+def rig_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where every rig component (and anything a test spawns next to it) writes its log; deleted after a green
+    session, kept otherwise. Conftests import it to offer it."""
+    path = log_dir(request.config)
+    yield path
+    if request.session.testsfailed == 0 or kept_logs(request.config) is None:
+        shutil.rmtree(path, ignore_errors=True)
