@@ -316,7 +316,9 @@ def test_rollback_latency_with_the_defaults_ratio(
             window="6s",
             failureLimit=2,
         )  # 100 req/s: at 10% the canary gets well over minRequests in the scaled 6 s window
-        rig.wait_phase(name, {"RolledBack", "Succeeded"}, 90)
+        status = rig.wait_phase(name, {"RolledBack", "Succeeded"}, 90)
+        # a promoted canary also ends at weight 0: only a rollback makes the timeline a rollback latency
+        assert status["phase"] == "RolledBack", f"{name}: {status.get('phase')}: {status.get('message')}"
         wait_for(lambda run=run: run.load.canary_weight() == 0, 10, "gateway weight back to 0")
         timeline = list(run.load.weights)
         start = next(t for t, w in timeline if w > 0)
