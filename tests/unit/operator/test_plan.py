@@ -122,18 +122,20 @@ def test_the_crd_refuses_routed_strategies_with_the_replicas_provider_too() -> N
 
 
 @pytest.mark.parametrize(
-    "strategy",
+    ("strategy", "field"),
     [
-        pytest.param({"type": "Linear"}, id="unknown-type"),
-        pytest.param({"shadow": {"mirrorPercent": 0}}, id="mirror-0"),
-        pytest.param({"shadow": {"mirrorPercent": 101}}, id="mirror-101"),
-        pytest.param({"shadow": {"then": "Shadow"}}, id="shadow-then-shadow"),
-        pytest.param({"blueGreen": {"passingAnalyses": 0}}, id="no-passes"),
-        pytest.param({"blueGreen": {"scaleDownDelay": "soon"}}, id="bad-delay"),
-        pytest.param({"blueGreen": {"previewReplicas": 0}}, id="no-preview-pods"),
-        pytest.param({"blueGreen": {"autoPromot": False}}, id="typo"),
+        pytest.param({"type": "Linear"}, ("type",), id="unknown-type"),
+        pytest.param({"shadow": {"mirrorPercent": 0}}, ("shadow", "mirrorPercent"), id="mirror-0"),
+        pytest.param({"shadow": {"mirrorPercent": 101}}, ("shadow", "mirrorPercent"), id="mirror-101"),
+        pytest.param({"shadow": {"then": "Shadow"}}, ("shadow", "then"), id="shadow-then-shadow"),
+        pytest.param({"blueGreen": {"passingAnalyses": 0}}, ("blueGreen", "passingAnalyses"), id="no-passes"),
+        pytest.param({"blueGreen": {"scaleDownDelay": "soon"}}, ("blueGreen", "scaleDownDelay"), id="bad-delay"),
+        pytest.param({"blueGreen": {"previewReplicas": 0}}, ("blueGreen", "previewReplicas"), id="no-preview-pods"),
+        pytest.param({"blueGreen": {"autoPromot": False}}, ("blueGreen", "autoPromot"), id="typo"),
     ],
 )
-def test_bad_strategies_are_refused(strategy: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError):
+def test_bad_strategies_are_refused(strategy: dict[str, Any], field: tuple[str, ...]) -> None:
+    """Refused for the field at fault, not for anything else that might be wrong with the spec."""
+    with pytest.raises(ValidationError) as refused:
         strategy_spec("1.0.0", strategy)
+    assert [error["loc"] for error in refused.value.errors()] == [("strategy", *field)]
