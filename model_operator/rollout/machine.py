@@ -199,8 +199,14 @@ def _fresh_commands(new: ModelDeploymentStatus, obs: Observation) -> set[Command
     return fresh
 
 
+class IllegalTransition(RuntimeError):
+    """The state machine tried to move between phases ``TRANSITIONS`` does not allow: a bug, refused."""
+
+
 def _enter(new: ModelDeploymentStatus, phase: Phase, message: str, events: list[Event], warning: bool = False) -> None:
     if new.phase != phase:
+        if phase not in TRANSITIONS[new.phase]:
+            raise IllegalTransition(f"{new.phase} → {phase} is not an allowed transition ({message})")
         events.append(Event(reason=phase.value, message=message, warning=warning))
     new.phase = phase
     new.message = message

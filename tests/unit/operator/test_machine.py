@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from model_operator.rollout.machine import TRANSITIONS, analysis_due, decide
+from model_operator.rollout.machine import TRANSITIONS, IllegalTransition, analysis_due, decide
 from model_operator.rollout.plan import stages
 from model_operator.rollout.types import Command, Observation
 from model_operator.spec import Phase, Verdict
@@ -306,3 +306,12 @@ def test_a_canary_running_under_a_status_without_strategy_carries_on() -> None:
     assert after.canary_version == "2.0.0" and after.current_step >= before.current_step
     assert after.canary_weight >= before.canary_weight, "the canary kept its traffic"
     assert driver.last is not None and "CanaryReplaced" not in [e.reason for e in driver.last.events]
+
+
+def test_the_state_machine_refuses_a_transition_the_table_does_not_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = stable_driver()
+    driver.start(make_spec("2.0.0"))
+    allowed = {**TRANSITIONS, Phase.PROGRESSING: TRANSITIONS[Phase.PROGRESSING] - {Phase.PROMOTING}}
+    monkeypatch.setattr("model_operator.rollout.machine.TRANSITIONS", allowed)
+    with pytest.raises(IllegalTransition, match="Progressing → Promoting"):
+        driver.tick(commands={Command.PROMOTE: "1"}, advance=1)
