@@ -209,9 +209,12 @@ def test_good_canary_walks_every_step_and_becomes_stable(rig: Rig, scenario: Cal
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{describe_workloads(rig.cluster.api_client, NAMESPACE, 'good-')}") from None
-    reasons = {e.reason for e in k8s.CoreV1Api(rig.cluster.api_client).list_namespaced_event(NAMESPACE).items
-               if e.involved_object.name == "good"}  # fmt: skip
-    assert {"Progressing", "StepStarted", "Promoting", "Succeeded"} <= reasons
+
+    def reasons() -> set[str]:  # Events are posted after the status patch they describe: waited for, not raced
+        return {e.reason for e in k8s.CoreV1Api(rig.cluster.api_client).list_namespaced_event(NAMESPACE).items
+                if e.involved_object.name == "good"}  # fmt: skip
+
+    wait_for(lambda: {"Progressing", "StepStarted", "Promoting", "Succeeded"} <= reasons(), 15, "the rollout's Events")
     assert status["observedGeneration"] == rig.md("good")["metadata"]["generation"]
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions == {"Available": "True", "Progressing": "False", "Degraded": "False"}
@@ -238,10 +241,12 @@ def test_bad_canary_is_rolled_back(
 
 
 def test_every_dashboard_panel_returns_data_during_a_rollout(rig: Rig, scenario: Callable[..., Scenario]) -> None:
-    """Runs after the rollbacks above, so the rollback panels have something to show too."""
+    """Its own rollouts only (one rolled back, one in progress), so no panel lives on other tests' series."""
+    scenario("dashboard-bad", canary_args=("--fault-error-rate", "0.5"))
+    assert rig.wait_phase("dashboard-bad", {"Succeeded", "RolledBack"}, 120)["phase"] == "RolledBack"
     scenario("dashboard", rate=60)
     wait_for(lambda: rig.status("dashboard").get("canaryWeight", 0) >= 10, 60, "canary traffic")
-    variables = {**DEFAULT_VARIABLES, "namespace": NAMESPACE, "model": "iris", "rollout": ".*"}
+    variables = {**DEFAULT_VARIABLES, "namespace": NAMESPACE, "model": "iris", "rollout": "dashboard|dashboard-bad"}
     queries = dashboard_queries(variables=variables)
     assert len(queries) >= 10
 

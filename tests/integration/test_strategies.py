@@ -162,7 +162,12 @@ def test_a_failing_preview_is_rolled_back_without_a_live_request(
     assert max(w for _, w in run.load.weights) == 0, "never switched"
     assert not [key for key in run.load.sent if key[0] == "preview"], f"no user reached the preview: {run.load.sent}"
     assert run.load.sent_direct[("preview", 500)] > 0
-    assert "rolling back preview 2.0.0-bgbad" in " ".join(e.message for e in rig.events("bgbad"))
+    # the Events are posted after the status patch that says RolledBack: wait for them, do not race them
+    wait_for(
+        lambda: "rolling back preview 2.0.0-bgbad" in " ".join(e.message for e in rig.events("bgbad")),
+        15,
+        "the RollingBack Event",
+    )
 
 
 def test_blue_green_abort_in_the_scale_down_delay_switches_back_at_once(
@@ -202,7 +207,11 @@ def test_a_bad_shadow_is_discarded_and_no_user_sees_it(rig: ReleaseRig, rollout:
     wait_for(lambda: run.load.mirrors[-1][1] == 0, 15, "the mirror filter removed")
     assert run.load.mirrored[("canary", 500)] > 0, run.load.mirrored
     assert not [key for key in run.load.sent if key[0] == "canary" or key[1] >= 500], run.load.sent
-    assert "rolling back shadow 2.0.0-shadowbad" in " ".join(e.message for e in rig.events("shadowbad"))
+    wait_for(  # the Events are posted after the status patch that says RolledBack
+        lambda: "rolling back shadow 2.0.0-shadowbad" in " ".join(e.message for e in rig.events("shadowbad")),
+        15,
+        "the RollingBack Event",
+    )
 
 
 def test_a_good_shadow_goes_live_with_a_blue_green_switch(rig: ReleaseRig, rollout: Callable[..., Rollout]) -> None:
