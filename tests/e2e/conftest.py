@@ -10,8 +10,6 @@ kept, and named in the report, when a test fails.
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from tests.rig.gateway import Gateway
 from tests.rig.images import built_images
 from tests.rig.node import RealNode
 from tests.rig.node_network import NodeNetwork
-from tests.support.rig_session import add_logs_section, start_piece, summarize_logs
+from tests.support.platform import RESTRICTED
+from tests.support.rig_session import add_logs_section, namespace_for_test, start_piece, summarize_logs
 
 RIG_FIXTURES = {
     "e2e_cluster",
@@ -32,10 +31,6 @@ RIG_FIXTURES = {
     "restricted_namespace",
     "e2e_gateway",
     "e2e_prometheus",
-}
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
 }
 
 
@@ -81,11 +76,8 @@ def real_node(e2e_cluster: Cluster, node_network: NodeNetwork) -> Iterator[RealN
 @pytest.fixture
 def restricted_namespace(e2e_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace enforcing Pod Security ``restricted``, deleted afterwards."""
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    label = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:63].strip("-_.")
-    e2e_cluster.create_namespace(name, {**RESTRICTED, "modelrollout.io/test": label})
-    yield name
-    e2e_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+    with namespace_for_test(e2e_cluster, request, "e2e", RESTRICTED) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,13 @@ session with the fix (``make rig``) instead of skipping: a test that cannot run 
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.rig import Cluster, Prometheus
-from tests.support.rig_session import add_logs_section, start_piece, summarize_logs
+from tests.support.rig_session import add_logs_section, namespace_for_test, start_piece, summarize_logs
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +30,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, rig_log_dir: Path) -> Iter
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test (its default ServiceAccount ready), deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    label = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:63].strip("-_.")
-    cluster.create_namespace(name, {"modelrollout.io/test": label})
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+    with namespace_for_test(cluster, request, "t") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.rig import paths
 from tests.rig.kubeconfig import write_kubeconfig
 from tests.rig.pki import KeyPair, Pki
-from tests.rig.procs import Component, free_port, wait_until
+from tests.rig.procs import Component, free_port, run_phases, wait_until
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -118,22 +118,15 @@ class Cluster:
         self.kwok_stages = paths.kwok_stages()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.pki = Pki(self.work_dir / "pki")
-        try:
-            phases: tuple[tuple[str, Callable[[], None]], ...] = (
-                ("etcd", lambda: self._start_etcd(binaries["etcd"])),
-                ("kube-apiserver", lambda: self._start_apiserver(binaries["kube-apiserver"])),
-                ("controllers", lambda: self._start_controllers(binaries)),
-                ("nodes", self._create_nodes),  # first: kwok readies them while the CRDs go in
-                ("crds", lambda: self._apply_crds(crd_dirs)),
-                ("ready", self._wait_ready),
-            )
-            for phase, action in phases:
-                phase_started = time.monotonic()
-                action()
-                self.startup_phases[phase] = time.monotonic() - phase_started
-        except BaseException:
-            self.stop()
-            raise
+        phases: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("etcd", lambda: self._start_etcd(binaries["etcd"])),
+            ("kube-apiserver", lambda: self._start_apiserver(binaries["kube-apiserver"])),
+            ("controllers", lambda: self._start_controllers(binaries)),
+            ("nodes", self._create_nodes),  # first: kwok readies them while the CRDs go in
+            ("crds", lambda: self._apply_crds(crd_dirs)),
+            ("ready", self._wait_ready),
+        )
+        run_phases(phases, self.startup_phases, self.stop)
         self.startup_seconds = time.monotonic() - started
         return self
 

@@ -41,7 +41,7 @@ from tests.rig.node_config import (
 )
 from tests.rig.node_host import record_host_state, restore_host_state
 from tests.rig.node_network import NodeAddresses, NodeNetwork
-from tests.rig.procs import Component, wait_until
+from tests.rig.procs import Component, run_phases, wait_until
 
 NAMESPACE = "k8s.io"  # containerd's namespace for the CRI plugin's images and containers
 STARTUP_TIMEOUT = 120.0
@@ -189,22 +189,15 @@ class RealNode:
         }
         archives = paths.node_image_archives() if self.archives is None else list(self.archives)
         sandbox_image = paths.versions()["PAUSE_IMAGE"]
-        try:
-            phases: tuple[tuple[str, Callable[[], None]], ...] = (
-                ("config", lambda: self._write_config(sandbox_image, binaries["runc"])),
-                ("containerd", lambda: self._start_containerd(binaries["containerd"])),
-                ("images", lambda: self._import(archives, sandbox_image)),
-                ("kubelet", lambda: self._start_kubelet(binaries["kubelet"])),
-                ("kube-proxy", lambda: self._start_kube_proxy(binaries["kube-proxy"])),
-                ("ready", self._wait_ready),
-            )
-            for phase, action in phases:
-                phase_started = time.monotonic()
-                action()
-                self.startup_phases[phase] = time.monotonic() - phase_started
-        except BaseException:
-            self.stop()
-            raise
+        phases: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("config", lambda: self._write_config(sandbox_image, binaries["runc"])),
+            ("containerd", lambda: self._start_containerd(binaries["containerd"])),
+            ("images", lambda: self._import(archives, sandbox_image)),
+            ("kubelet", lambda: self._start_kubelet(binaries["kubelet"])),
+            ("kube-proxy", lambda: self._start_kube_proxy(binaries["kube-proxy"])),
+            ("ready", self._wait_ready),
+        )
+        run_phases(phases, self.startup_phases, self.stop)
         self.startup_seconds = time.monotonic() - started
         return self
 

@@ -64,6 +64,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def run_phases(
+    phases: Sequence[tuple[str, Callable[[], None]]], timings: dict[str, float], on_failure: Callable[[], None]
+) -> None:
+    """Run start-up phases in order, recording each one's seconds in ``timings``; if any fails (or is
+    interrupted), ``on_failure`` undoes what the earlier ones started before the error goes on."""
+    try:
+        for phase, action in phases:
+            phase_started = time.monotonic()
+            action()
+            timings[phase] = time.monotonic() - phase_started
+    except BaseException:
+        on_failure()
+        raise
+
+
 @dataclass
 class Component:
     """One long-running rig process; stdout and stderr go to ``<log_dir>/<name>.log``."""

@@ -3,15 +3,18 @@ named whenever a test fails, and starting a rig piece so that a missing binary f
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
 
-from tests.rig import RigMissingError
+from tests.rig import Cluster, RigMissingError
 
 LOG_DIR_KEY = pytest.StashKey[Path]()
 SUMMARY_KEY = pytest.StashKey[bool]()
@@ -71,3 +74,16 @@ def rig_log_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     yield path
     if request.session.testsfailed == 0 or kept_logs(request.config) is None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def namespace_for_test(
+    cluster: Cluster, request: pytest.FixtureRequest, prefix: str, labels: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """A fresh namespace for one test, labelled with the test's name (its default ServiceAccount ready), deleted
+    afterwards without waiting."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    label = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:63].strip("-_.")
+    cluster.create_namespace(name, {**(labels or {}), "modelrollout.io/test": label})
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
