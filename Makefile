@@ -33,10 +33,10 @@ security: install ## checkov over the rendered chart and the Dockerfiles (findin
 		--values charts/modelrollout/ci/everything-on-values.yaml > build/chart-rendered.yaml
 	$(BIN)/checkov --config-file .checkov.yaml -f build/chart-rendered.yaml -f Dockerfile.server -f Dockerfile.operator
 
-rig: ## build the test rig (control plane, kwok, real node, gateway, Prometheus) into $(RIG_DIR)
+rig: ## build the test rig (control plane, kwok, real node, cluster DNS, gateway, Prometheus) into $(RIG_DIR)
 	bash tests/rig/build.sh
 
-images: ## build the model-server and operator images from the Dockerfiles with buildah (for the e2e suite)
+images: ## build the model-server and operator images from the Dockerfiles and the helm test image, with buildah (for the e2e suite)
 	bash tests/rig/build_images.sh
 
 test: install ## run the whole suite: unit, integration, e2e (builds the rig and the images first when missing)

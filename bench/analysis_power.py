@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from model_operator.analysis.checks import (
+    Scope,
     Target,
     assess,
     error_rate_query,
@@ -66,6 +67,7 @@ STABLE_ERRORS = 0.001
 
 STABLE = ModelRef(name="iris", version="1.0.0", uri="http://models/iris-1/", digest="sha256:" + "1" * 64)
 CANARY = ModelRef(name="iris", version="2.0.0", uri="http://models/iris-2/", digest="sha256:" + "2" * 64)
+SCOPE = Scope("models", "iris")
 
 
 def make_spec(method: str, model: ModelRef, window: str, margin: float, confidence: float) -> ModelDeploymentSpec:
@@ -97,7 +99,7 @@ class SimulatedPrometheus:
 
     def load(self, canary: tuple[float, float], stable: tuple[float, float]) -> None:
         (c_ok, c_err), (s_ok, s_err) = canary, stable
-        c, s, w = Target(CANARY), Target(STABLE, "stable"), self.window
+        c, s, w = Target(SCOPE, CANARY), Target(SCOPE, STABLE, "stable"), self.window
         c_total = c_ok + c_err
         self.answers = {
             requests_query(c, w): c_total,
@@ -165,7 +167,7 @@ def simulate(
         if status.canary is not None and analysis_due(spec, status, now):
             recent = np.sum(history[-slots:], axis=0)
             prometheus.load((recent[0], recent[1]), (recent[2], recent[3]))
-            outcome = run_analysis(spec, status.canary, status.stable, prometheus, now)
+            outcome = run_analysis(spec, SCOPE, status.canary, status.stable, prometheus, now)
             judged = {r.check for r in outcome.results}
             # past the volume check, errors were judged by compare_error_rates (statistics) or assess (threshold)
             assert "requests" in judged, judged

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_operator.analysis.base import MetricProvider
-from model_operator.analysis.checks import run_analysis
+from model_operator.analysis.checks import Scope, run_analysis
 from model_operator.kube import manifests
 from model_operator.kube.client import Kube
 from model_operator.metrics import OperatorMetrics
@@ -29,7 +29,7 @@ from model_operator.spec import (
     ModelDeploymentStatus,
     Phase,
 )
-from model_operator.traffic import router_for
+from model_operator.traffic import ROUTERS, TrafficRouter, router_for
 
 API_VERSION = f"{GROUP}/{VERSION}"
 COMMAND_PREFIX = f"{GROUP}/"
@@ -106,7 +106,8 @@ class Reconciler:
         if status.canary is not None and analysis_due(spec, status, now):
             live = current_stage(stages(spec), status).weight
             provider = self.provider_for(spec)
-            analysis = run_analysis(spec, status.canary, status.stable, provider, now, track, compare=live < 100)
+            scope = Scope(owner.namespace, owner.name)
+            analysis = run_analysis(spec, scope, status.canary, status.stable, provider, now, track, compare=live < 100)
         obs = Observation(
             generation=meta.get("generation", 0),
             stable_serving=manifests.deployment_serving(stable_obj),
@@ -118,8 +119,13 @@ class Reconciler:
             canary_track=track,
         )
         decision, new = decide(spec, status, obs, now)
+        events = list(decision.events)
         if decision.desired is not None:
-            self.apply(owner, spec, decision.desired, new.phase, router, found)
+            carrying = status.traffic_provider
+            new.traffic_provider = self.apply(owner, spec, decision.desired, new.phase, router, found, carrying)
+            if carrying is not None and new.traffic_provider != carrying:
+                message = f"{new.traffic_provider}'s route carries the traffic; {carrying}'s objects are removed"
+                events.append(Event("TrafficProviderChanged", message))
         new.traffic_note = router.note()
         new.conditions = conditions(new, obs.generation, now)
         # a merge patch: cleared fields must be sent as null to be removed, so None is kept here
@@ -127,7 +133,7 @@ class Reconciler:
             API_VERSION, KIND, owner.namespace, owner.name, new.model_dump(mode="json", by_alias=True)
         )
         self.record(owner, status, new, analysis is not None, now)
-        return TickResult(new, decision, decision.events)
+        return TickResult(new, decision, events)
 
     def apply(
         self,
@@ -135,14 +141,17 @@ class Reconciler:
         spec: ModelDeploymentSpec,
         desired: Desired,
         phase: Phase | None,
-        router: Any,
+        router: TrafficRouter,
         found: Mapping[str, dict[str, Any] | None],
-    ) -> None:
+        carrying: str | None = None,
+    ) -> str:
         """Make ``desired`` true; ``found``: each track's Deployment as this tick read it (a candidate track no
-        longer in use is scaled away, never created just to be empty).
+        longer in use is scaled away, never created just to be empty); ``carrying``: the provider whose route
+        carried the traffic before (``status.trafficProvider``). Returns the one carrying it now.
 
-        Order: Deployments that keep or gain pods, the Services, the route, and only then Deployments that
-        lose pods — so pods never go before the route stops sending them requests."""
+        Order: Deployments that keep or gain pods, the Services, the route, the previous provider's objects
+        once the route is confirmed (``hand_over``), and only then Deployments that lose pods — so pods never
+        go before the route stops sending them requests, nor a route before its successor carries them."""
         stable_replicas, canary_replicas = router.replicas(
             spec.replicas, desired.canary_weight, desired.canary_capacity, desired.canary is not None
         )
@@ -168,8 +177,26 @@ class Reconciler:
         for service in (None, "stable", "canary", *preview):
             kube.apply(manifests.service(owner, spec, service))
         router.set_weight(owner, spec, desired.canary_weight, desired.mirror_percent, desired.track)
+        carrying = self.hand_over(owner, router, desired.canary_weight, carrying)
         for track in shrinking:
             kube.apply(deployments[track])
+        return carrying
+
+    def hand_over(self, owner: manifests.Owner, router: TrafficRouter, weight: int, carrying: str | None) -> str:
+        """After ``router`` wrote its route: which provider carries the traffic now. When that moves from
+        another provider, the others' objects are removed, and only once ``router``'s route reads back with
+        ``weight`` (where it has one to read): until then the old route stays and the next tick tries again.
+        No API call when the provider did not change (the idle case), nor when none was recorded yet (a new
+        resource, or a status written before the field existed: adopted as is)."""
+        if carrying is None or carrying == router.name:
+            return router.name
+        if router.verify_weight(owner, weight) is False:
+            return carrying
+        # every other provider, not only ``carrying``: one switched to and away again before its route was
+        # confirmed may have left objects too
+        for name in sorted(ROUTERS.keys() - {router.name}):
+            router_for(name, self.kube).remove(owner)
+        return router.name
 
     def record(
         self,

@@ -230,7 +230,9 @@ class Traffic(Model):
     provider: Literal["gatewayAPI", "istio", "replicas"] = Field(
         default="gatewayAPI",
         description=(
-            "gatewayAPI: HTTPRoute weights; istio: VirtualService weights; replicas: weight ≈ canary pods share."
+            "gatewayAPI: HTTPRoute weights; istio: VirtualService weights; replicas: weight ≈ the canary's share "
+            "of pods, each track keeping at least one pod below 100% (so replicas: 1 gives the canary a second pod). "
+            "On a change, the old provider's route is removed once the new one's carries the traffic."
         ),
     )
     gateway_api: GatewayAPITraffic = Field(default_factory=GatewayAPITraffic, alias="gatewayAPI")
@@ -316,8 +318,9 @@ class MetricCheck(Model):
     query: str = Field(
         min_length=1,
         max_length=4096,
-        description="PromQL returning one number; {{model}}, {{canary_version}}, {{stable_version}}, {{window}} "
-        "and {{track}} (the candidate's: canary, or preview under BlueGreen) are filled in.",
+        description="PromQL returning one number; {{namespace}} and {{name}} (this ModelDeployment's), {{model}}, "
+        "{{canary_version}}, {{stable_version}}, {{window}} and {{track}} (the candidate's: canary, or preview "
+        "under BlueGreen) are filled in.",
     )
     min: float | None = None
     max: float | None = None
@@ -402,7 +405,13 @@ class ModelDeploymentSpec(Model):
 
     model: ModelRef
     image: str = Field(min_length=1, max_length=1024, description="Model-server image; pin it by digest.")
-    replicas: int = Field(default=2, ge=1, le=1000)
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Pods of the stable model. A candidate's pods come in addition, except with traffic.provider "
+        "replicas, where they are shared out by weight (each track keeps at least one pod while both get traffic).",
+    )
     port: int = Field(default=8080, ge=1024, le=65535)
     resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
@@ -494,6 +503,11 @@ class ModelDeploymentStatus(Model):
     aborted: bool = False
     paused_by_user: bool = False
     traffic_note: str | None = None
+    traffic_provider: str | None = Field(
+        default=None,
+        description="traffic.provider whose route carries the traffic; after a change of provider the old one's "
+        "route is removed once the new one's is confirmed.",
+    )
     handled_commands: dict[str, str] = Field(
         default_factory=dict, description="Last handled stamp per command annotation, so each runs once."
     )

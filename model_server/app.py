@@ -186,6 +186,8 @@ def create_app(plane: DataPlane) -> FastAPI:
                 "digest": manifest.digest,
                 "engine": plane.predictor.name,
                 "track": settings.track.value,
+                "namespace": settings.namespace,
+                "modeldeployment": settings.model_deployment,
             },
         )
         if plane.faults is not None:

@@ -55,7 +55,9 @@ class DataPlane:
         self.manifest = manifest
         self.predictor = predictor
         self.settings = settings
-        self.metrics = ServerMetrics(manifest.name, manifest.version, settings.track.value)
+        self.metrics = ServerMetrics(
+            manifest.name, manifest.version, settings.track.value, settings.namespace, settings.model_deployment
+        )
         self.metrics.set_info(manifest.digest, predictor.name, manifest.framework.sklearn)
         self.classes = np.asarray(manifest.classes, dtype=object)
         self._drift = RollingDrift(manifest.feature_names, manifest.reference.features, settings.drift_window)

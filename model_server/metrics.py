@@ -1,4 +1,6 @@
-"""Prometheus metrics of the model server. Every series carries ``model``, ``version`` and ``track``.
+"""Prometheus metrics of the model server. Every series carries ``namespace`` and ``modeldeployment`` (the
+ModelDeployment the server belongs to, so the operator judges each one on its own traffic whatever the scrape
+configuration; empty — so absent in Prometheus — for a server run by hand), ``model``, ``version`` and ``track``.
 
 Names (documented in the README; the operator's analysis queries them):
 
@@ -35,7 +37,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-BASE_LABELS = ("model", "version", "track")
+BASE_LABELS = ("namespace", "modeldeployment", "model", "version", "track")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the exposition and no query here uses them
 
 
@@ -46,12 +48,14 @@ def multiprocess_enabled() -> bool:
 class ServerMetrics:
     """The server's metric objects, pre-bound to this model's base labels."""
 
-    def __init__(self, model: str, version: str, track: str) -> None:
+    def __init__(self, model: str, version: str, track: str, namespace: str = "", deployment: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = None if multiprocess_enabled() else self.registry
         if registry is None:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-        self._base = {"model": model, "version": version, "track": track}
+        self._base = {
+            "namespace": namespace, "modeldeployment": deployment, "model": model, "version": version, "track": track
+        }  # fmt: skip
         self.requests = Counter(
             "modelserver_requests", "Prediction requests by HTTP status code.",
             (*BASE_LABELS, "endpoint", "code"), registry=registry,

@@ -11,6 +11,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+K8S_NAME = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$"
+"""A Kubernetes object name (RFC 1123 subdomain) or empty."""
+
 
 class Track(StrEnum):
     """Which role this server plays in a rollout; becomes the ``track`` label of every metric."""
@@ -41,6 +44,12 @@ class ServerSettings(BaseSettings):
         default=None, description="sha256 the operator pinned; the model file must hash to it."
     )
     track: Track = Field(default=Track.STABLE, description="Rollout role, used as the metrics' track label.")
+    namespace: str = Field(
+        default="", pattern=K8S_NAME, description="The ModelDeployment's namespace; the metrics' namespace label."
+    )
+    model_deployment: str = Field(
+        default="", pattern=K8S_NAME, description="The ModelDeployment's name; the metrics' modeldeployment label."
+    )
     trust_pickle: bool = Field(
         default=False, description="Allow joblib/pickle bundles, which can run arbitrary code when loaded."
     )

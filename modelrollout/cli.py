@@ -6,13 +6,14 @@ server image does not need the operator's libraries.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from model_server.settings import Engine, Track
+from model_server.settings import K8S_NAME, Engine, Track
 from modelrollout.demo.settings import DEFAULT_OUT as DEFAULT_DEMO_OUT
 from modelrollout.demo.settings import DemoOptions, MetricsBackend
 
@@ -60,6 +61,12 @@ def train(
     typer.echo(f"  metrics  {metrics}")
 
 
+def _object_name(value: str) -> str:
+    if not re.fullmatch(K8S_NAME, value):
+        raise typer.BadParameter(f"{value!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
+    return value
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -73,6 +80,18 @@ def serve(
     port: Annotated[int, typer.Option(envvar="MODEL_SERVER_PORT", help="Port to listen on.")] = 8080,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     track: Annotated[Track, typer.Option(help="Rollout role; the metrics' track label.")] = Track.STABLE,
+    namespace: Annotated[
+        str,
+        typer.Option(
+            envvar="MODEL_SERVER_NAMESPACE", callback=_object_name, help="ModelDeployment's namespace; a label."
+        ),
+    ] = "",
+    model_deployment: Annotated[
+        str,
+        typer.Option(
+            envvar="MODEL_SERVER_MODEL_DEPLOYMENT", callback=_object_name, help="ModelDeployment's name; a label."
+        ),
+    ] = "",
     expected_digest: Annotated[
         str | None,
         typer.Option(envvar="MODEL_SERVER_EXPECTED_DIGEST", help="Refuse the model unless it hashes to this."),
@@ -102,6 +121,8 @@ def serve(
 
     overrides: dict[str, object] = {
         "track": track.value,
+        "namespace": namespace,
+        "model_deployment": model_deployment,
         "expected_digest": expected_digest,
         "trust_pickle": trust_pickle,
         "trusted_types": trust_type or [],

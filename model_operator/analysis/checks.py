@@ -20,14 +20,28 @@ from model_operator.spec import CheckResult, CompareToStable, ModelDeploymentSpe
 
 
 @dataclass(frozen=True)
-class Target:
-    """Which series belong to the canary."""
+class Scope:
+    """The ModelDeployment being judged. Its model servers label every series with its namespace and name
+    (``namespace``, ``modeldeployment``), so two ModelDeployments serving the same model and version — in
+    two namespaces, or two teams' ``iris`` — never see each other's traffic."""
 
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which series belong to one track of one ModelDeployment."""
+
+    scope: Scope
     model: ModelRef
     track: str = "canary"
 
     def selector(self, extra: str = "") -> str:
-        labels = f'model="{self.model.name}",version="{self.model.version}",track="{self.track}"'
+        labels = (
+            f'namespace="{self.scope.namespace}",modeldeployment="{self.scope.name}",'
+            f'model="{self.model.name}",version="{self.model.version}",track="{self.track}"'
+        )
         return "{" + labels + (f",{extra}" if extra else "") + "}"
 
 
@@ -88,11 +102,18 @@ def overall(results: list[CheckResult]) -> Verdict:
 
 
 def render(
-    query: str, spec: ModelDeploymentSpec, canary: ModelRef, stable: ModelRef | None, track: str = "canary"
+    query: str,
+    spec: ModelDeploymentSpec,
+    scope: Scope,
+    canary: ModelRef,
+    stable: ModelRef | None,
+    track: str = "canary",
 ) -> str:
-    """User queries may say {{model}}, {{canary_version}}, {{stable_version}}, {{window}}, {{track}} (the
-    candidate's: canary, or preview under BlueGreen)."""
+    """User queries may say {{namespace}} and {{name}} (the ModelDeployment's), {{model}}, {{canary_version}},
+    {{stable_version}}, {{window}}, {{track}} (the candidate's: canary, or preview under BlueGreen)."""
     values = {
+        "namespace": scope.namespace,
+        "name": scope.name,
         "track": track,
         "model": canary.name,
         "canary_version": canary.version,
@@ -106,6 +127,7 @@ def render(
 
 def run_analysis(
     spec: ModelDeploymentSpec,
+    scope: Scope,
     canary: ModelRef,
     stable: ModelRef | None,
     provider: MetricProvider,
@@ -113,12 +135,13 @@ def run_analysis(
     track: str = "canary",
     compare: bool = True,
 ) -> AnalysisOutcome:
-    """``track``: the candidate's metrics label — ``canary`` (canary and shadow) or ``preview``.
+    """``scope``: the ModelDeployment judged; every query is confined to its series.
+    ``track``: the candidate's metrics label — ``canary`` (canary and shadow) or ``preview``.
     ``compare``: run ``compareToStable``; off while the candidate takes all live traffic (stable then
     serves nothing to compare with, and a comparison that can only be inconclusive would hold the rollout)."""
     analysis = spec.analysis
     window = analysis.window
-    target = Target(canary, track)
+    target = Target(scope, canary, track)
     stamp = format_time(now)
     results: list[CheckResult] = []
 
@@ -164,7 +187,7 @@ def run_analysis(
     if analysis.compare_to_stable is not None and compare:
         assert volume.value is not None  # the volume check passed
         comparisons = compare_to_stable(
-            analysis.compare_to_stable, canary, stable, window, volume.value, provider, track
+            analysis.compare_to_stable, scope, canary, stable, window, volume.value, provider, track
         )
         results.extend(compared.result(stamp) for compared in comparisons)
     if analysis.max_input_drift is not None:
@@ -173,7 +196,7 @@ def run_analysis(
     for metric in analysis.metrics:
         bounds = " ".join(p for p in (f">= {metric.min}" if metric.min is not None else "",
                                       f"<= {metric.max}" if metric.max is not None else "") if p)  # fmt: skip
-        check(metric.name, render(metric.query, spec, canary, stable, track), metric.min, metric.max, bounds)
+        check(metric.name, render(metric.query, spec, scope, canary, stable, track), metric.min, metric.max, bounds)
     return AnalysisOutcome(overall(results), results, now)
 
 
@@ -253,6 +276,7 @@ def _predictions(settings: CompareToStable, tracks: _Tracks, canary_total: float
 
 def compare_to_stable(
     settings: CompareToStable,
+    scope: Scope,
     canary: ModelRef,
     stable: ModelRef | None,
     window: str,
@@ -280,7 +304,7 @@ def compare_to_stable(
         if stable is None:
             out.append(Compared(name, Verdict.INCONCLUSIVE, None, limit, queries, "no stable track to compare with"))
             continue
-        tracks = _Tracks(Target(canary, track), Target(stable, "stable"), window, provider, queries)
+        tracks = _Tracks(Target(scope, canary, track), Target(scope, stable, "stable"), window, provider, queries)
         try:
             judged = judge(settings, tracks, canary_total)
         except (ProviderError, ArithmeticError) as exc:

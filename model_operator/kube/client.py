@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 FIELD_MANAGER = "modelrollout"
 # (connect, read) seconds for every call: a call stuck on a dead connection must fail and be retried by the
@@ -25,6 +25,7 @@ class Kube(Protocol):
 
     def apply(self, obj: dict[str, Any]) -> None: ...
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None: ...
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str, meta: dict[str, Any]) -> None: ...
 
@@ -49,16 +50,33 @@ class KubeClient:
         )
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist — nor its type (a CRD the cluster does not have)."""
         try:
             found = self._resource(api_version, kind).get(
                 name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT
             )
+        except ResourceNotFoundError:
+            return None
         except (NotFoundError, ApiException) as exc:
             if getattr(exc, "status", 404) == 404:
                 return None
             raise
         result: dict[str, Any] = found.to_dict()
         return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete the object while it is still the one with ``uid`` (a precondition: one recreated under the
+        same name in between is refused with 409, not deleted). Gone already, or a type the cluster does not
+        have: nothing to do. Idempotent."""
+        try:
+            self._resource(api_version, kind).delete(
+                name=name, namespace=namespace, body={"preconditions": {"uid": uid}}, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ResourceNotFoundError:
+            return
+        except (NotFoundError, ApiException) as exc:
+            if getattr(exc, "status", 404) != 404:
+                raise
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         resource = self._resource(api_version, kind).subresources["status"]

@@ -56,6 +56,10 @@ class Owner:
     def object_name(self, track: str | None = None) -> str:
         return f"{self.name}-{track}" if track else self.name
 
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` names this ModelDeployment (by uid) among its owners: what the operator may delete."""
+        return any(ref.get("uid") == self.uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
 
 def selector(owner: Owner, track: str | None) -> dict[str, str]:
     return {NAME_LABEL: owner.name, **({TRACK_LABEL: track} if track else {})}
@@ -68,6 +72,7 @@ def deployment(
     next tick reads back once they are all available (``deployment_capacity``)."""
     labels = selector(owner, track)
     args = [model.uri, "--host", "0.0.0.0", "--port", str(spec.port), "--track", track]
+    args += ["--namespace", owner.namespace, "--model-deployment", owner.name]  # every series names its owner
     args += ["--expected-digest", model.digest]
     if model.trust_pickle:
         args.append("--trust-pickle")

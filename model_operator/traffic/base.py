@@ -1,10 +1,11 @@
-"""The traffic-router interface (after Argo Rollouts' and Flagger's): four small methods."""
+"""The traffic-router interface (after Argo Rollouts' and Flagger's): small methods, one file per provider."""
 
 from __future__ import annotations
 
 import math
 from typing import Protocol
 
+from model_operator.kube.client import Kube
 from model_operator.kube.manifests import Owner
 from model_operator.spec import ModelDeploymentSpec
 
@@ -23,6 +24,17 @@ class TrafficRouter(Protocol):
         """The candidate's weight in effect now; None when the route does not exist yet. Idempotent."""
         ...
 
+    def verify_weight(self, owner: Owner, weight: int) -> bool | None:
+        """Whether the route this router wrote reads back with ``weight`` on the candidate; None when there is
+        no route object to read back (the weights are realised some other way). Idempotent."""
+        ...
+
+    def remove(self, owner: Owner) -> None:
+        """Delete this router's objects that ``owner`` owns: for a ModelDeployment that moved to another
+        provider. Absent objects, a resource type the cluster lacks and objects owned by someone else are
+        left as they are. Idempotent."""
+        ...
+
     def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
         """(stable, candidate) replica counts for ``total`` replicas at ``weight``, the candidate ready for
         ``capacity`` percent of requests (≥ weight: the next step's share). Pure."""
@@ -39,3 +51,14 @@ def keep_stable_size_candidate(total: int, capacity: int, canary_present: bool) 
     if not canary_present:
         return total, 0
     return total, max(1, math.ceil(total * capacity / 100))
+
+
+def remove_owned(kube: Kube, api_version: str, kind: str, owner: Owner) -> bool:
+    """Delete the ``kind`` object named after ``owner`` if ``owner`` owns it (its uid among the object's
+    ownerReferences); whether it did. The delete carries the object's uid as a precondition, so an object
+    recreated under that name in between is not deleted. Idempotent."""
+    found = kube.get(api_version, kind, owner.namespace, owner.name)
+    if found is None or not owner.owns(found):
+        return False
+    kube.delete(api_version, kind, owner.namespace, owner.name, found["metadata"]["uid"])
+    return True

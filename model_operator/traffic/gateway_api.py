@@ -8,9 +8,10 @@ from typing import Any
 from model_operator.kube.client import Kube
 from model_operator.kube.manifests import CANDIDATE_TRACKS, Owner
 from model_operator.spec import ModelDeploymentSpec
-from model_operator.traffic.base import keep_stable_size_candidate
+from model_operator.traffic.base import keep_stable_size_candidate, remove_owned
 
 API_VERSION = "gateway.networking.k8s.io/v1"
+KIND = "HTTPRoute"
 PORT = 80
 
 
@@ -37,7 +38,7 @@ def httproute(
     route_spec: dict[str, Any] = {"parentRefs": [ref.wire() for ref in gateway.parent_refs], "rules": [rule]}
     if gateway.hostnames:
         route_spec["hostnames"] = gateway.hostnames
-    return {"apiVersion": API_VERSION, "kind": "HTTPRoute", "metadata": owner.metadata(owner.name), "spec": route_spec}
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": owner.metadata(owner.name), "spec": route_spec}
 
 
 def canary_weight(route: dict[str, Any], candidates: set[str]) -> int | None:
@@ -85,8 +86,14 @@ class GatewayAPIRouter:
         self._kube.apply(httproute(owner, spec, weight, mirror_percent, track))
 
     def current_weight(self, owner: Owner) -> int | None:
-        route = self._kube.get(API_VERSION, "HTTPRoute", owner.namespace, owner.name)
+        route = self._kube.get(API_VERSION, KIND, owner.namespace, owner.name)
         return None if route is None else canary_weight(route, {owner.object_name(t) for t in CANDIDATE_TRACKS})
+
+    def verify_weight(self, owner: Owner, weight: int) -> bool | None:
+        return self.current_weight(owner) == weight
+
+    def remove(self, owner: Owner) -> None:
+        remove_owned(self._kube, API_VERSION, KIND, owner)
 
     def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
         return keep_stable_size_candidate(total, max(weight, capacity), canary_present)

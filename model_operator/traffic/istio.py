@@ -14,7 +14,7 @@ from typing import Any
 from model_operator.kube.client import Kube
 from model_operator.kube.manifests import CANDIDATE_TRACKS, Owner
 from model_operator.spec import ModelDeploymentSpec
-from model_operator.traffic.base import keep_stable_size_candidate
+from model_operator.traffic.base import keep_stable_size_candidate, remove_owned
 
 API_VERSION = "networking.istio.io/v1"
 KIND = "VirtualService"
@@ -93,6 +93,12 @@ class IstioRouter:
         # the short name too: a VirtualService edited by hand may name the Service relative to its namespace
         canary = {name for t in CANDIDATE_TRACKS for name in (service_host(owner, t), owner.object_name(t))}
         return None if found is None else canary_weight(found, canary)
+
+    def verify_weight(self, owner: Owner, weight: int) -> bool | None:
+        return self.current_weight(owner) == weight
+
+    def remove(self, owner: Owner) -> None:
+        remove_owned(self._kube, API_VERSION, KIND, owner)
 
     def replicas(self, total: int, weight: int, capacity: int, canary_present: bool) -> tuple[int, int]:
         return keep_stable_size_candidate(total, max(weight, capacity), canary_present)

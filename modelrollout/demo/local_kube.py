@@ -163,6 +163,20 @@ class LocalKube:
                 out["status"] = self._deployment_status(key, out)
             return out
 
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Remove the object while it is still the one with ``uid`` (else it stays: the API server answers
+        409); absent: nothing to do. A Deployment's processes are terminated. Idempotent."""
+        key = _key(api_version, kind, namespace, name)
+        with self._lock:
+            found = self._objects.get(key)
+            if found is None or found["metadata"].get("uid") != uid:
+                return
+            del self._objects[key]
+            for record in self._pods:
+                if record.deployment == key and record.state is not PodState.TERMINATING:
+                    self._terminate(record)
+        self._notify()
+
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._patch(_key(api_version, kind, namespace, name), "status", status)
 

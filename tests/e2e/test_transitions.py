@@ -16,26 +16,24 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
 from model_operator.kube.manifests import DRAIN_SECONDS, TRACK_LABEL
-from model_server.training import load_config, train
 from tests.rig import Cluster, Prometheus
 from tests.support.gateway_load import GatewayLoad, Segment
-from tests.support.helm import Helm
 from tests.support.platform import (
     ANALYSIS,
     RELEASE,
     SYSTEM,
     Bundle,
+    Platform,
     model_deployment,
-    set_up,
+    models_namespace,
+    train_bundles,
 )
 from tests.support.rollouts import wait_for
 from tests.support.servers import MODELROLLOUT, REPO
@@ -117,38 +115,20 @@ class Story:
         return summary
 
 
-def _bundles(root: Path) -> dict[str, Bundle]:
-    out = {}
-    for version, stem in VERSIONS.items():
-        config = load_config(REPO / "examples" / f"{stem}.yaml").model_copy(update={"version": version})
-        manifest = train(config, root / version)
-        out[version] = Bundle(manifest, root / version)
-    return out
-
-
 @pytest.fixture(scope="module")
-def story(
-    e2e_cluster: Cluster,
-    real_node: Any,
-    e2e_images: dict[str, str],
-    e2e_gateway: Any,
-    e2e_prometheus: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Story]:
-    cluster = e2e_cluster
-    bundles = _bundles(tmp_path_factory.mktemp("bundles"))
-    helm = Helm(tmp_path_factory.mktemp("helm"), cluster.kubeconfig)
-    store = set_up(cluster, e2e_prometheus, helm, MODELS, list(bundles.values()), e2e_images)
-    yield Story(
-        cluster,
+def story(e2e_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Story:
+    platform = e2e_platform
+    bundles = train_bundles(tmp_path_factory.mktemp("bundles"), VERSIONS)
+    store = models_namespace(platform.cluster, MODELS, list(bundles.values()), platform.images)
+    return Story(
+        platform.cluster,
         store,
         bundles,
-        e2e_images["model-server"],
-        e2e_prometheus.url,
-        (e2e_gateway.namespace, e2e_gateway.name),
-        e2e_prometheus,
+        platform.images["model-server"],
+        platform.prometheus.url,
+        (platform.gateway.namespace, platform.gateway.name),
+        platform.prometheus,
     )
-    helm.run("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False)
 
 
 def _settle(load: GatewayLoad) -> None:

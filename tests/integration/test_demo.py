@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from model_operator.analysis.checks import Target, error_rate_query, latency_query, requests_query
+from model_operator.analysis.checks import Scope, Target, error_rate_query, latency_query, requests_query
 from model_operator.analysis.prometheus import PrometheusProvider
 from model_operator.spec import ModelRef
 from model_server.bundle import ModelManifest
@@ -26,6 +26,9 @@ from modelrollout.demo.promql import evaluate, instant_value
 from modelrollout.demo.scrape_provider import SampleBuffer, ScrapeProvider
 from tests.rig import paths
 from tests.support.servers import MODELROLLOUT, REPO, ServerProcess, processes_mentioning
+
+SCOPE = Scope("demo", "faulty")
+SCOPE_ARGS = ("--namespace", SCOPE.namespace, "--model-deployment", SCOPE.name)
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +117,8 @@ def prometheus_binary() -> Path:
 def faulty_server(bundles: dict[str, Path], tmp_path: Path) -> Iterator[tuple[ServerProcess, ModelRef]]:
     bundle = bundles["iris-v1"]
     manifest = ModelManifest.model_validate_json((bundle / "model.json").read_bytes())
-    server = ServerProcess(bundle.as_uri(), tmp_path / "server.log", ("--track", "canary", "--fault-error-rate", "0.2"))
+    args = ("--track", "canary", "--fault-error-rate", "0.2", *SCOPE_ARGS)
+    server = ServerProcess(bundle.as_uri(), tmp_path / "server.log", args)
     server.start()
     ref = ModelRef(name=manifest.name, version=manifest.version, uri=bundle.as_uri() + "/", digest=manifest.digest)
     yield server, ref
@@ -167,7 +171,7 @@ def test_the_in_process_provider_agrees_with_prometheus(
         scraper.set_targets([server.url])
         load.start()
         time.sleep(14)
-        target = Target(model)
+        target = Target(SCOPE, model)
         queries = [requests_query(target, "10s"), error_rate_query(target, "10s")]
         queries += [latency_query(target, "10s", q) for q in (0.5, 0.95, 0.99)]
         selector = target.selector()

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from model_operator.analysis.checks import render
+from model_operator.analysis.checks import Scope, render
 from model_operator.spec import ModelDeploymentSpec
 from model_server.bundle import ModelManifest
 from tests.rig import Cluster, Prometheus
@@ -170,7 +170,8 @@ def test_iris_custom_checks_are_valid_promql(prometheus: Prometheus) -> None:
     spec = ModelDeploymentSpec.model_validate(find(KIND / "iris.yaml", "ModelDeployment", "iris")["spec"])
     assert spec.analysis.metrics
     for metric in spec.analysis.metrics:
-        prometheus.query(render(metric.query, spec, spec.model, None))  # raises on a parse error
+        query = render(metric.query, spec, Scope("models", "iris"), spec.model, None)
+        prometheus.query(query)  # raises on a parse error
 
 
 def test_kind_config_has_the_documented_shape() -> None:

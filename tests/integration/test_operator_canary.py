@@ -25,7 +25,7 @@ from tests.support.dashboards import DEFAULT_VARIABLES, dashboard_queries
 from tests.support.diagnostics import describe_workloads
 from tests.support.helm import CHART, Helm
 from tests.support.rollouts import OperatorProcess, WeightedLoad, model_deployment, model_ref, wait_for
-from tests.support.servers import REPO, ServerProcess
+from tests.support.servers import REPO, ServerProcess, pod_args
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "rollouts"
@@ -149,11 +149,11 @@ def scenario(
         v2 = versions("iris-v2", f"2.0.0-{name}")
         address = prometheus or rig.prometheus.url
         stable = ServerProcess(
-            f"file://{root}/iris-v1-{v1.version}", tmp_path / f"{name}-stable.log", ("--track", "stable")
+            f"file://{root}/iris-v1-{v1.version}", tmp_path / f"{name}-stable.log", pod_args(NAMESPACE, name, "stable")
         )
-        canary = ServerProcess(
-            f"file://{root}/iris-v2-{v2.version}", tmp_path / f"{name}-canary.log", ("--track", "canary", *canary_args)
-        )
+        canary_log = tmp_path / f"{name}-canary.log"
+        canary_uri = f"file://{root}/iris-v2-{v2.version}"
+        canary = ServerProcess(canary_uri, canary_log, (*pod_args(NAMESPACE, name, "canary"), *canary_args))
         for server in (stable, canary):  # start both at once: imports take seconds
             server.spawn()
         backends = {"stable": stable.url, "canary": canary.url}

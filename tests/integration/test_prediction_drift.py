@@ -23,7 +23,7 @@ from tests.rig import Cluster, Prometheus
 from tests.support.release_rig import ReleaseRig as Rig
 from tests.support.release_rig import release_rig
 from tests.support.rollouts import WeightedLoad, model_deployment, model_ref, wait_for
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, pod_args
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "drift-rollouts"
@@ -58,8 +58,8 @@ def servers(rig: Rig, tmp_path: Path) -> Iterator[Callable[[str, str], tuple[Ser
     def run(name: str, canary_stem: str) -> tuple[ServerProcess, ServerProcess]:
         v1, v1_dir = rig.bundle("iris-v1", f"1.0.0-{name}")
         _, v2_dir = rig.bundle(canary_stem, f"3.0.0-{name}")
-        stable = ServerProcess(f"file://{v1_dir}", tmp_path / f"{name}-stable.log", ("--track", "stable"))
-        canary = ServerProcess(f"file://{v2_dir}", tmp_path / f"{name}-canary.log", ("--track", "canary"))
+        stable = ServerProcess(f"file://{v1_dir}", tmp_path / f"{name}-stable.log", pod_args(NAMESPACE, name, "stable"))
+        canary = ServerProcess(f"file://{v2_dir}", tmp_path / f"{name}-canary.log", pod_args(NAMESPACE, name, "canary"))
         started.append((name, stable, canary))
         for server in (stable, canary):
             server.spawn()
@@ -111,8 +111,9 @@ def test_a_constant_class_canary_is_rolled_back_without_a_single_error(
     drift = failed[-1]
     assert drift["value"] > 0.2
     assert drift["limit"] == "PSI <= 0.2"
+    scope = f'namespace="{NAMESPACE}",modeldeployment="constant"'
     assert (
-        'sum by (class) (increase(modelserver_predictions_total{model="iris",version="3.0.0-constant"'
+        f'sum by (class) (increase(modelserver_predictions_total{{{scope},model="iris",version="3.0.0-constant"'
         in (drift["query"])
     )
     assert "setosa 100%" in drift["message"]

@@ -23,7 +23,7 @@ from kubernetes import client as k8s
 from tests.rig import Cluster, Prometheus
 from tests.support.release_rig import ReleaseRig, release_rig
 from tests.support.rollouts import WeightedLoad, model_deployment, model_ref, wait_for
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, pod_args
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "strategy-rollouts"
@@ -85,9 +85,9 @@ def rollout(rig: ReleaseRig, tmp_path: Path) -> Iterator[Callable[..., Rollout]]
     ) -> Rollout:
         v1, v1_dir = rig.bundle("iris-v1", f"1.0.0-{name}")
         v2, v2_dir = rig.bundle("iris-v2", f"2.0.0-{name}")
-        stable = ServerProcess(f"file://{v1_dir}", tmp_path / f"{name}-stable.log", ("--track", "stable"))
+        stable = ServerProcess(f"file://{v1_dir}", tmp_path / f"{name}-stable.log", pod_args(NAMESPACE, name, "stable"))
         candidate = ServerProcess(
-            f"file://{v2_dir}", tmp_path / f"{name}-{track}.log", ("--track", track, *candidate_args)
+            f"file://{v2_dir}", tmp_path / f"{name}-{track}.log", (*pod_args(NAMESPACE, name, track), *candidate_args)
         )
         for server in (stable, candidate):
             server.spawn()

@@ -3,8 +3,9 @@
 # helm compiled from their Go modules in one `go build` (module tests/rig/go), Prometheus from Debian, and
 # manifests copied out of Go modules: third-party CRDs (Gateway API, Prometheus Operator, Istio) and kwok's
 # stages. Then the real node (build_node.sh: containerd, kubelet, kube-proxy, CNI, pause image), the gateway
-# (build_gateway.sh: Traefik) and Prometheus with Kubernetes discovery (build_prometheus.sh). The container
-# images of the project are built by build_images.sh (`make images`), which needs the project's sources.
+# (build_gateway.sh: Traefik), Prometheus with Kubernetes discovery (build_prometheus.sh) and the node's
+# cluster DNS (build_dns.sh: CoreDNS). The container images of the project are built by build_images.sh
+# (`make images`), which needs the project's sources.
 #   build.sh              build every piece whose inputs changed (or whose outputs are missing)
 #   build.sh --if-missing the same, but return at once (no apt, no go) when every piece is up to date
 # Every version comes from versions.env. A piece that cannot be built fails the script, loudly: the tests
@@ -184,7 +185,7 @@ all_fresh() {
 # this one runs them all, with the same flag, after its own pieces.
 build_parts() {
   local part
-  for part in node gateway prometheus; do
+  for part in node gateway prometheus dns; do
     bash "$here/build_$part.sh" "$@"
   done
 }

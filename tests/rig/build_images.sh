@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the project's container images on this machine, with no registry and no Docker engine: a Debian base
 # made by debootstrap from the machine's apt mirror, then Dockerfile.server and Dockerfile.operator exactly as
-# users build them (only --build-arg PYTHON_IMAGE points at that base), by buildah. Each image is exported as
-# an OCI archive that `ctr -n k8s.io images import` loads under its reference and under REPOSITORY@DIGEST.
+# users build them (only --build-arg PYTHON_IMAGE points at that base), by buildah; and the chart's `helm test`
+# image (sh, wget, grep from Debian packages, FROM scratch). Each image is exported as an OCI archive that
+# `ctr -n k8s.io images import` loads under its reference and under REPOSITORY@DIGEST.
 #   build_images.sh              build every image whose inputs changed (or whose outputs are missing)
 #   build_images.sh --if-missing the same, but return at once (no apt, no build) when everything is up to date
-# Outputs in $RIG_DIR/images: model-server.tar, operator.tar, images.env (references, digests, archives), and
-# the build logs in logs/. Image storage: $RIG_DIR/containers, shared with the node rig's images: never wiped,
-# and only layers this script made are ever removed from it.
+# Outputs in $RIG_DIR/images: model-server.tar, operator.tar, helm-test.tar, images.env (references, digests,
+# archives), and the build logs in logs/. Image storage: $RIG_DIR/containers, shared with the node rig's
+# images: never wiped, and only layers this script made are ever removed from it.
 set -Eeuo pipefail
 trap 'echo "images: ERROR: the build failed (build_images.sh line $LINENO); fix and re-run" >&2' ERR
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,6 +26,8 @@ BASE_IMAGE="localhost/modelrollout/python-base:$IMAGE_DEBIAN_SUITE"
 APPS=("model-server Dockerfile.server localhost/modelrollout/model-server:e2e"
   "operator Dockerfile.operator localhost/modelrollout/operator:e2e")
 APP_SOURCES=(pyproject.toml README.md model_server model_operator modelrollout)
+# name, reference of the `helm test` pod's image (made of TEST_IMAGE_PACKAGES).
+TEST_IMAGE=(helm-test localhost/modelrollout/helm-test:e2e)
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt  # Debian's trust store, on the host and in the base
 
 die() { echo "images: ERROR: $*" >&2; exit 1; }
@@ -91,6 +94,9 @@ app_stamp() {  # app_stamp DOCKERFILE — what the Dockerfile COPYs, the Dockerf
   { cd "$repo"
     find "${APP_SOURCES[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
     cat "$1" .dockerignore; image_id "$BASE_IMAGE"; declare -f app_image export_image; } | fingerprint
+}
+test_image_stamp() {  # the packages, the mirror, how
+  { echo "$IMAGE_DEBIAN_SUITE $TEST_IMAGE_PACKAGES $(apt_source)"; declare -f test_image export_image; } | fingerprint
 }
 fresh() {  # fresh PIECE STAMP IMAGE [FILE] — the stamp matches, the image is in storage, the file exists
   [[ -f "$stamps/$1" && "$(cat "$stamps/$1")" == "$2" && -n "$(image_id "$3")" ]] && [[ -z "${4:-}" || -f "$4" ]]
@@ -201,6 +207,54 @@ PY
   phases+=("export $(since "$started")s")
 }
 
+test_image() {  # test_image NAME REFERENCE
+  # TEST_IMAGE_PACKAGES and every package they depend on, as apt resolves them for an empty system, unpacked
+  # (dpkg-deb -x: no maintainer scripts, nothing of theirs matters here) into a scratch container's root. apt runs
+  # on a private state (package lists fetched from the machine's sources, an empty dpkg status, its own cache) and
+  # never touches the host's.
+  local name="$1" reference="$2" work root container="modelrollout-$1-build" started deb
+  started=$(date +%s)
+  [[ -n "$(apt_source)" ]] || die "no apt source for $IMAGE_DEBIAN_SUITE in /etc/apt/sources.list.d or /etc/apt/sources.list"
+  rm -rf "$images/.$name".*  # left by an interrupted build
+  bah rm "$container" >/dev/null 2>&1 || true
+  work="$(mktemp -d "$images/.$name.XXXXXX")"; root="$work/root"
+  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$root"
+  : > "$work/status"
+  local apt=(apt-get -q -o Dir::State::Lists="$work/lists" -o Dir::State::status="$work/status"
+    -o Dir::Cache="$work/cache" -o APT::Sandbox::User=root -o Acquire::Retries=3)
+  # shellcheck disable=SC2086  # the package list is words
+  { "${apt[@]}" update && "${apt[@]}" install --download-only -y --no-install-recommends $TEST_IMAGE_PACKAGES; } \
+    > "$logs/build-$name.log" 2>&1 \
+    || { tail -20 "$logs/build-$name.log" >&2; die "apt could not fetch $TEST_IMAGE_PACKAGES (log: $logs/build-$name.log)"; }
+  for deb in "$work"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  ls "$work"/cache/archives/*.deb | sed 's#.*/##' >> "$logs/build-$name.log"
+  phases+=("packages $(since "$started")s")
+  rm -rf "${root:?}"/usr/share/man "$root"/usr/share/info "$root"/usr/share/locale "$root"/usr/share/lintian
+  find "$root/usr/share/doc" ! -type d ! -name copyright -delete  # the licences stay
+  printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/:/bin/sh\n' > "$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' > "$root/etc/group"
+  install -d -m 1777 "$root/tmp"
+  # One attempt, as busybox's wget makes: GNU wget retries a timed-out connection 20 times with back-off, so a
+  # hook pointed at a wrong port would hang for minutes instead of failing after its `-T 5`.
+  printf '# the rig: one attempt per URL, like busybox wget\ntries = 1\n' >> "$root/etc/wgetrc"
+  # What the hook runs, as its user: a shell, the pipe, wget's options (the timeout busybox lacks), grep.
+  chroot --userspec=65532:65532 "$root" /bin/sh -c 'wget -q -T 5 --version | grep -q "^GNU Wget"' \
+    || die "sh, wget -T and grep do not run in the $name image"
+  bah from --quiet --name "$container" scratch >/dev/null
+  bah copy --quiet "$container" "$root" / >/dev/null
+  bah config --user 65532:65532 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --workingdir / --cmd '["sh"]' --os linux --arch "$(dpkg --print-architecture)" \
+    --created-by "Debian $IMAGE_DEBIAN_SUITE: ${TEST_IMAGE_PACKAGES// /, } and their dependencies" "$container"
+  local previous; previous="$(image_id "$reference")"
+  bah commit --quiet --rm --format oci --timestamp 0 "$container" "$reference" >/dev/null
+  # The image this one replaces (untagged now) goes: nothing else builds on it.
+  if [[ -n "$previous" && "$previous" != "$(image_id "$reference")" ]]; then
+    bah rmi "$previous" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+  export_image "$name" "$reference"
+}
+
 oci_digest() { tar -xOf "$1" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])'; }
 
 write_env() {
@@ -210,7 +264,7 @@ write_env() {
     echo "# after \`ctr -n k8s.io images import ARCHIVE\` (which names it REFERENCE and REPOSITORY@DIGEST), the archive."
     echo "BASE_IMAGE=$BASE_IMAGE"
     echo "BASE_IMAGE_ID=$(image_id "$BASE_IMAGE")"
-    for line in "${APPS[@]}"; do
+    for line in "${APPS[@]}" "${TEST_IMAGE[0]} - ${TEST_IMAGE[1]}"; do
       read -r name dockerfile reference <<<"$line"
       var="$(tr 'a-z-' 'A-Z_' <<<"$name")"
       echo "${var}_IMAGE=$reference"
@@ -247,6 +301,7 @@ all_fresh() {
     read -r name dockerfile reference <<<"$line"
     fresh "image-$name" "$(app_stamp "$dockerfile")" "$reference" "$images/$name.tar" || return 1
   done
+  fresh "image-${TEST_IMAGE[0]}" "$(test_image_stamp)" "${TEST_IMAGE[1]}" "$images/${TEST_IMAGE[0]}.tar" || return 1
   [[ -f "$images/images.env" ]]
 }
 [[ $# -eq 0 || "$1" == "--if-missing" ]] || die "usage: build_images.sh [--if-missing]"
@@ -280,8 +335,11 @@ step() {  # step PIECE STAMP IMAGE FILE FUNCTION ARG... — run FUNCTION unless 
 step python-base "$(base_stamp)" "$BASE_IMAGE" "" base_image
 pip_conf_file="$logs/pip.conf"
 (umask 077 && pip_conf > "$pip_conf_file")
-# The two app images build side by side: one's downloads overlap the other's compiling and committing.
+# The images build side by side: one's downloads overlap the other's compiling and committing.
 pids=()
+step "image-${TEST_IMAGE[0]}" "$(test_image_stamp)" "${TEST_IMAGE[1]}" "$images/${TEST_IMAGE[0]}.tar" \
+  test_image "${TEST_IMAGE[@]}" &
+pids+=($!)
 for line in "${APPS[@]}"; do
   read -r name dockerfile reference <<<"$line"
   step "image-$name" "$(app_stamp "$dockerfile")" "$reference" "$images/$name.tar" \
@@ -290,12 +348,12 @@ for line in "${APPS[@]}"; do
 done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-((failed == 0)) || die "an app image failed to build (logs: $logs)"
+((failed == 0)) || die "an image failed to build (logs: $logs)"
 write_env
 forget_old_layers
 
 bah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep "^localhost/modelrollout/" | sed 's/^/images:   /'
-for line in "${APPS[@]}"; do
+for line in "${APPS[@]}" "${TEST_IMAGE[0]}"; do
   read -r name _ <<<"$line"
   echo "images:   $images/$name.tar $(du -m "$images/$name.tar" | cut -f1) MB"
 done

@@ -6,9 +6,10 @@ kube-proxy's iptables rules, logs and exec served by the kubelet over TLS. It jo
 with ``advertise=network.addresses.host_ip`` (so pods reach the API server) and ``service_cidr=`` the slot's.
 
 The node registers as ``name`` with the label ``modelrollout.io/real-node=true``; target it with a
-``nodeSelector`` on that label. No cluster DNS runs: pods find the API server through the ``kubernetes``
-Service's environment variables (``KUBERNETES_SERVICE_HOST``/``_PORT``), and tests address Services by
-ClusterIP.
+``nodeSelector`` on that label. ``cluster_dns`` is the kubelet's ``clusterDNS`` (``tests.rig.cluster_dns``:
+CoreDNS on the host end of the veth), the nameserver of every ``dnsPolicy: ClusterFirst`` pod, which then
+resolves ``<service>.<namespace>.svc.cluster.local``; without it pods fall back to the host's resolv.conf and
+find the API server through the ``kubernetes`` Service's environment variables only.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class RealNode:
     # OCI archives imported at start; None: every ``*.tar`` in ``$RIG_DIR/images`` (the pause image must be
     # among them). More can be loaded later with ``load_image``.
     archives: list[Path] | None = None
+    # The kubelet's clusterDNS (pods' nameserver; clusterDomain is cluster.local). None: no cluster DNS.
+    cluster_dns: str | None = None
     components: list[Component] = field(init=False, default_factory=list)
     startup_phases: dict[str, float] = field(init=False, default_factory=dict)
     startup_seconds: float = field(init=False, default=0.0)
@@ -250,7 +253,9 @@ class RealNode:
             client=kubelet_identity,
         )
         (p.config_dir / "kubelet.yaml").write_text(
-            kubelet_config(self.addresses, p, client_ca=pki.ca.cert, serving=self.kubelet_serving)
+            kubelet_config(
+                self.addresses, p, client_ca=pki.ca.cert, serving=self.kubelet_serving, cluster_dns=self.cluster_dns
+            )
         )
         proxy_identity = pki.issue(f"kube-proxy-{self.name}", "system:kube-proxy", client=True)
         proxy_kubeconfig = write_kubeconfig(

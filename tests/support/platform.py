@@ -18,7 +18,9 @@ from typing import Any
 from kubernetes import client as k8s
 
 from model_server.bundle import ModelManifest
+from model_server.training import load_config, train
 from tests.rig import Cluster, Prometheus
+from tests.rig.gateway import Gateway
 from tests.rig.podmonitor import scrape_configs
 from tests.support.helm import CHART, Helm
 from tests.support.servers import REPO
@@ -28,7 +30,8 @@ from tests.support.servers import REPO
 # (``gateway_load.IRIS_ROWS``) a good model spreads its predictions over three classes; iris-v3-constant says
 # one class always.
 PREDICTIONS = (
-    'modelserver_predictions_total{model="{{model}}",track="{{track}}",version="{{canary_version}}"}[{{window}}]'
+    'modelserver_predictions_total{namespace="{{namespace}}",modeldeployment="{{name}}",model="{{model}}",'
+    'track="{{track}}",version="{{canary_version}}"}[{{window}}]'
 )
 ANALYSIS = {
     "interval": "5s",
@@ -69,6 +72,18 @@ RESTRICTED_CONTAINER = {
 
 
 @dataclass(frozen=True)
+class Platform:
+    """The cluster as a platform team leaves it: the chart's operator installed with ``helm install`` in
+    ``SYSTEM``, Prometheus discovering model servers by the chart's PodMonitor, the gateway up."""
+
+    cluster: Cluster
+    helm: Helm
+    images: dict[str, str]
+    prometheus: Prometheus
+    gateway: Gateway
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A trained bundle the store serves at ``<store>/<name>-<version>/``."""
 
@@ -78,6 +93,15 @@ class Bundle:
     @property
     def key(self) -> str:
         return f"{self.manifest.name}-{self.manifest.version}"
+
+
+def train_bundles(root: Path, versions: Mapping[str, str]) -> dict[str, Bundle]:
+    """Train ``examples/<stem>.yaml`` as each version (``{version: stem}``) into ``root/<version>``."""
+    out = {}
+    for version, stem in versions.items():
+        config = load_config(REPO / "examples" / f"{stem}.yaml").model_copy(update={"version": version})
+        out[version] = Bundle(train(config, root / version), root / version)
+    return out
 
 
 def _volume_name(key: str) -> str:
@@ -233,6 +257,25 @@ def discover_model_servers(cluster: Cluster, prometheus: Prometheus, namespace: 
     prometheus.discover([config for monitor in found for config in scrape_configs(monitor, kubeconfig=kubeconfig)])
 
 
+def install_platform(cluster: Cluster, prometheus: Prometheus, helm: Helm, images: Mapping[str, str]) -> None:
+    """What a platform team does once per cluster: the CRD, the operator's namespace (enforcing
+    ``restricted``), the chart with the operator image (and the image built for its ``helm test`` pod), and
+    Prometheus discovering the model servers."""
+    cluster.apply(CRD)
+    cluster.wait_for_crds()
+    cluster.create_namespace(SYSTEM, RESTRICTED)
+    values = {**CHART_VALUES, "tests": {"image": images["helm-test"]}}
+    install_operator(cluster, helm, SYSTEM, RELEASE, images["operator"], values)
+    discover_model_servers(cluster, prometheus, SYSTEM)
+
+
+def models_namespace(cluster: Cluster, namespace: str, bundles: Sequence[Bundle], images: Mapping[str, str]) -> str:
+    """What a model team does once per namespace: the namespace (enforcing ``restricted``) and a model store
+    with ``bundles``. Returns the store's base URL."""
+    cluster.create_namespace(namespace, RESTRICTED)
+    return model_store(cluster, namespace, bundles, images["model-server"])
+
+
 def set_up(
     cluster: Cluster,
     prometheus: Prometheus,
@@ -241,14 +284,7 @@ def set_up(
     bundles: Sequence[Bundle],
     images: Mapping[str, str],
 ) -> str:
-    """Everything before the first ``kubectl apply`` of a ModelDeployment: the CRD, the operator's and the
-    models' namespaces (both enforcing ``restricted``), the model store with ``bundles``, the chart with the
-    operator image, and Prometheus discovering the model servers. Returns the store's base URL."""
-    cluster.apply(CRD)
-    cluster.wait_for_crds()
-    cluster.create_namespace(SYSTEM, RESTRICTED)
-    cluster.create_namespace(namespace, RESTRICTED)
-    store = model_store(cluster, namespace, bundles, images["model-server"])
-    install_operator(cluster, helm, SYSTEM, RELEASE, images["operator"], CHART_VALUES)
-    discover_model_servers(cluster, prometheus, SYSTEM)
-    return store
+    """Everything before the first ``kubectl apply`` of a ModelDeployment in ``namespace``: the platform and
+    one models namespace. Returns the store's base URL."""
+    install_platform(cluster, prometheus, helm, images)
+    return models_namespace(cluster, namespace, bundles, images)

@@ -25,6 +25,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def pod_args(namespace: str, name: str, track: str) -> tuple[str, ...]:
+    """The arguments the operator's pods give a track's model server (``manifests.deployment``): its role and
+    its ModelDeployment, which label every series the analysis reads."""
+    return ("--track", track, "--namespace", namespace, "--model-deployment", name)
+
+
 @dataclass
 class ServerProcess:
     """One ``modelrollout serve`` process; ``url`` is its base URL once ``start`` returned."""

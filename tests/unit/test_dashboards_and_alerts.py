@@ -31,7 +31,7 @@ RUNBOOKS = paths.REPO / "docs" / "runbooks.md"
 RUNBOOK_URL = "https://github.com/modelrollout/modelrollout/blob/main/docs/runbooks.md#"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 PANEL_TYPES = {"timeseries", "stat", "table"}
-SERVER_FILTERS = ('namespace=~"$namespace"', 'model=~"$model"')
+SERVER_FILTERS = ('namespace=~"$namespace"', 'modeldeployment=~"$rollout"', 'model=~"$model"')
 OPERATOR_FILTERS = ('namespace=~"$namespace"', 'name=~"$rollout"')
 SELECTOR = re.compile(r"\b(model(?:server|rollout)_\w+)(\{[^}]*\})?")
 METRIC = re.compile(r"\b(model(?:server|rollout)_\w+)")

@@ -62,6 +62,19 @@ def test_apply_is_idempotent_and_generation_follows_the_spec(world: tuple[LocalK
         kube.patch_status(API_VERSION, KIND, "demo", "other", {})
 
 
+def test_delete_removes_only_the_object_with_that_uid(world: tuple[LocalKube, FakeFactory, Clock]) -> None:
+    kube, _, _ = world
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": OWNER.metadata("iris")}
+    kube.apply(route)
+    stored = kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris")
+    assert stored is not None
+    kube.delete("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris", "another-uid")
+    assert kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris") is not None, "precondition failed"
+    kube.delete("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris", stored["metadata"]["uid"])
+    assert kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris") is None
+    kube.delete("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "iris", stored["metadata"]["uid"])  # idempotent
+
+
 def test_merge_patch() -> None:
     assert merge_patch({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": None, "e": 3}, "d": [2]}) == {
         "a": {"c": 2, "e": 3},

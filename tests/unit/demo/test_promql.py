@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from model_operator.analysis.base import ProviderError
-from model_operator.analysis.checks import Target, error_rate_query, latency_query, requests_query
+from model_operator.analysis.checks import Scope, Target, error_rate_query, latency_query, requests_query
 from model_operator.spec import ModelRef
 from model_server.metrics import ServerMetrics
 from modelrollout.demo import promql
@@ -16,8 +16,10 @@ from modelrollout.demo.promql import bucket_quantile, extrapolated_rate, instant
 from modelrollout.demo.scrape_provider import SampleBuffer, ScrapeProvider
 
 CANARY = ModelRef(name="iris", version="2.0.0", uri="file:///b/", digest="sha256:" + "a" * 64)
-TARGET = Target(CANARY)
-BASE = {"model": "iris", "version": "2.0.0", "track": "canary", "endpoint": "predict"}
+SCOPE = Scope("demo", "iris")
+TARGET = Target(SCOPE, CANARY)
+SCOPE_LABELS = {"namespace": "demo", "modeldeployment": "iris"}
+BASE = {**SCOPE_LABELS, "model": "iris", "version": "2.0.0", "track": "canary", "endpoint": "predict"}
 T0 = 1_700_000_000.0
 
 
@@ -95,7 +97,7 @@ def test_the_analysis_queries_of_checks_py() -> None:
 
 def test_no_data_is_none() -> None:
     buffer, at = analysis_buffer(), T0 + 10
-    other = Target(CANARY.model_copy(update={"version": "9.9.9"}))
+    other = Target(SCOPE, CANARY.model_copy(update={"version": "9.9.9"}))
     assert instant_value(requests_query(other, "5s"), buffer, at) is None
     assert instant_value(error_rate_query(TARGET, "5s"), buffer, at + 120) is None  # all samples too old
     quiet = SampleBuffer(60)
@@ -153,7 +155,7 @@ def test_the_buffer_keeps_time_order_and_forgets_old_samples() -> None:
 
 def test_the_scrape_provider_reads_a_model_servers_exposition() -> None:
     """The real server's metrics, scraped through httpx.MockTransport on a hand-driven clock."""
-    metrics = ServerMetrics("iris", "2.0.0", "canary")
+    metrics = ServerMetrics("iris", "2.0.0", "canary", "demo", "iris")
     metrics.observe_request_count_only("predict", 500)
     now = [T0]
 

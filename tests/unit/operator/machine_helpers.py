@@ -112,16 +112,30 @@ def assert_transitions_allowed(driver: Driver) -> None:
 
 
 class FakeKube:
-    """Records applies and answers gets from what was applied (enough for the routers and ``apply``)."""
+    """Records applies and answers gets from what was applied (enough for the routers and ``apply``); every
+    call in order in ``calls`` as (verb, kind, name). Objects get a uid when first applied, as on a server."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, str]] = []
 
     def apply(self, obj: dict[str, Any]) -> None:
-        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.calls.append(("apply", *key))
+        before = self.objects.get(key)
+        uid = before["metadata"]["uid"] if before else f"uid-{key[0]}-{key[1]}-{len(self.calls)}"
+        self.objects[key] = {**obj, "metadata": {**obj["metadata"], "uid": uid}}
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind, name))
         return self.objects.get((kind, name))
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Only while it is still the object with ``uid`` (the API server's precondition)."""
+        self.calls.append(("delete", kind, name))
+        found = self.objects.get((kind, name))
+        if found is not None and found["metadata"]["uid"] == uid:
+            del self.objects[(kind, name)]
 
     def patch_status(self, *args: Any) -> None: ...
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from model_operator.analysis.base import ProviderError, ProviderUnavailable, VectorProvider
 from model_operator.analysis.checks import (
+    Scope,
     Target,
     assess,
     error_rate_query,
@@ -17,6 +18,7 @@ from model_operator.analysis.checks import (
     latency_buckets_query,
     latency_query,
     predictions_query,
+    render,
     requests_query,
     run_analysis,
 )
@@ -26,6 +28,7 @@ from model_operator.spec import CheckResult, ModelDeploymentSpec, Verdict
 from tests.unit.operator.machine_helpers import make_spec, model
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+SCOPE = Scope("models", "iris")
 
 
 def vector(*values: str) -> dict[str, object]:
@@ -110,7 +113,7 @@ def fake(values: Mapping[str, float | Exception | None]) -> Callable[[httpx.Requ
 )
 def test_run_analysis(values: dict[str, float | Exception | None], verdict: Verdict, failing: str | None) -> None:
     spec = make_spec("2.0.0")
-    outcome = run_analysis(spec, spec.model, model("1.0.0"), provider(fake(values), retries=0), NOW)
+    outcome = run_analysis(spec, SCOPE, spec.model, model("1.0.0"), provider(fake(values), retries=0), NOW)
     assert outcome.verdict is verdict
     assert outcome.taken_at == NOW
     if failing:
@@ -124,7 +127,7 @@ def test_custom_checks_are_rendered_and_bounded() -> None:
         metrics=[{"name": "setosa-share", "query": 'share{version="{{canary_version}}"}', "min": 0.2, "max": 0.5}],
     )
     values = {"sum(increase": 500, "sum(rate": 0.0, "histogram_quantile": 0.01, 'share{version="2.0.0"}': 0.9}
-    outcome = run_analysis(spec, spec.model, model("1.0.0"), provider(fake(values), retries=0), NOW)
+    outcome = run_analysis(spec, SCOPE, spec.model, model("1.0.0"), provider(fake(values), retries=0), NOW)
     assert outcome.verdict is Verdict.FAIL
     assert outcome.results[-1].limit == ">= 0.2 <= 0.5"
 
@@ -138,13 +141,13 @@ def test_a_blue_green_preview_is_judged_on_its_own_track() -> None:
         asked.append(request.url.params["query"])
         return fake(values)(request)
 
-    outcome = run_analysis(spec, spec.model, model("1.0.0"), provider(handler, retries=0), NOW, "preview")
+    outcome = run_analysis(spec, SCOPE, spec.model, model("1.0.0"), provider(handler, retries=0), NOW, "preview")
     assert outcome.verdict is Verdict.PASS
     assert asked and all('track="preview"' in query for query in asked), asked
 
 
 def test_queries_select_the_canary_series() -> None:
-    target = Target(model("2.0.0"))
+    target = Target(SCOPE, model("2.0.0"))
     assert 'track="canary"' in error_rate_query(target, "1m") and 'code=~"5.."' in error_rate_query(target, "1m")
     assert latency_query(target, "1m", 0.99).startswith("histogram_quantile(0.99, sum by (le)")
 
@@ -152,7 +155,7 @@ def test_queries_select_the_canary_series() -> None:
 # --- compareToStable and the input-drift gate ----------------------------------------------------------------
 
 CANARY, STABLE = model("2.0.0"), model("1.0.0")
-C, S = Target(CANARY), Target(STABLE, "stable")
+C, S = Target(SCOPE, CANARY), Target(SCOPE, STABLE, "stable")
 
 
 class FakeProvider:
@@ -223,7 +226,7 @@ def test_compare_to_stable_is_off_by_default() -> None:
         "sum(rate": 0.001,
         "histogram_quantile(0.95": 0.01,
     }
-    outcome = run_analysis(spec, spec.model, STABLE, provider(fake(values), retries=0), NOW)
+    outcome = run_analysis(spec, SCOPE, spec.model, STABLE, provider(fake(values), retries=0), NOW)
     assert [r.check for r in outcome.results] == ["requests", "error-rate", "latency-p95"]
 
 
@@ -234,7 +237,7 @@ def test_compare_to_stable_is_off_by_default() -> None:
 def test_error_rate_against_stable(canary: tuple[float, float], verdict: Verdict) -> None:
     spec = compare_spec(errorRateMargin=0.004)
     fake_provider = FakeProvider(traffic(canary))
-    outcome = run_analysis(spec, CANARY, STABLE, fake_provider, NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, fake_provider, NOW)
     result = by_check(outcome)["error-rate-vs-stable"]
     assert result.verdict is verdict
     assert outcome.verdict is verdict
@@ -252,7 +255,7 @@ def test_a_constant_class_canary_fails_on_prediction_drift_alone() -> None:
     """Fast, no errors, one class for everything: only the prediction comparison sees it."""
     spec = compare_spec(errorRateMargin=0.004, predictionDrift=0.2)
     vectors = {predictions_query(C, "1m"): {"setosa": 900.0}, predictions_query(S, "1m"): IRIS}
-    outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
     checks = by_check(outcome)
     assert checks["error-rate-vs-stable"].verdict is Verdict.PASS
     assert checks["prediction-drift"].verdict is Verdict.FAIL
@@ -268,7 +271,7 @@ def test_no_comparison_while_the_candidate_takes_all_live_traffic() -> None:
     """At 100% stable serves nothing: a comparison could only be inconclusive and would hold the rollout."""
     spec = compare_spec(errorRateMargin=0.004, predictionDrift=0.2)
     fake_provider = FakeProvider(traffic((900, 0)))
-    outcome = run_analysis(spec, CANARY, STABLE, fake_provider, NOW, compare=False)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, fake_provider, NOW, compare=False)
     assert [r.check for r in outcome.results] == ["requests", "error-rate"]
     assert outcome.verdict is Verdict.PASS
     assert not [q for q in fake_provider.asked if 'track="stable"' in q], "stable was not even asked"
@@ -285,7 +288,7 @@ def test_no_comparison_while_the_candidate_takes_all_live_traffic() -> None:
 def test_prediction_drift_needs_rows(canary_classes: dict[str, float], verdict: Verdict) -> None:
     spec = compare_spec(predictionDrift=0.2)
     vectors = {predictions_query(C, "1m"): canary_classes, predictions_query(S, "1m"): IRIS}
-    outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
     assert by_check(outcome)["prediction-drift"].verdict is verdict
 
 
@@ -296,7 +299,7 @@ def test_latency_against_stable_from_buckets() -> None:
     same = {"0.005": 810.0, "0.01": 900.0, "0.05": 900.0, "+Inf": 900.0}
     for canary, verdict in ((slow, Verdict.FAIL), (same, Verdict.PASS)):
         vectors = {latency_buckets_query(C, "1m"): canary, latency_buckets_query(S, "1m"): stable}
-        outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
+        outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(traffic((900, 0)), vectors), NOW)
         result = by_check(outcome)["latency-p95-vs-stable"]
         assert result.verdict is verdict, result.message
         assert result.limit == "p95 <= 1.5x stable at 0.95"
@@ -304,7 +307,7 @@ def test_latency_against_stable_from_buckets() -> None:
 
 def test_vector_checks_need_a_vector_provider_and_never_pass_without_one() -> None:
     spec = compare_spec(errorRateMargin=0.004, latencyRatio=1.5, predictionDrift=0.2)
-    outcome = run_analysis(spec, CANARY, STABLE, ScalarOnlyProvider(traffic((900, 0))), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, ScalarOnlyProvider(traffic((900, 0))), NOW)
     checks = by_check(outcome)
     assert checks["error-rate-vs-stable"].verdict is Verdict.PASS
     assert checks["latency-p95-vs-stable"].verdict is Verdict.ERROR
@@ -315,23 +318,23 @@ def test_vector_checks_need_a_vector_provider_and_never_pass_without_one() -> No
 
 def test_comparisons_without_stable_or_with_provider_errors() -> None:
     spec = compare_spec(errorRateMargin=0.004, predictionDrift=0.2)
-    outcome = run_analysis(spec, CANARY, None, FakeProvider(traffic((900, 0))), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, None, FakeProvider(traffic((900, 0))), NOW)
     assert {r.check: r.verdict for r in outcome.results if r.check != "requests" and r.check != "error-rate"} == {
         "error-rate-vs-stable": Verdict.INCONCLUSIVE,
         "prediction-drift": Verdict.INCONCLUSIVE,
     }
     numbers: dict[str, float | Exception | None] = {**traffic((900, 0))}
     numbers[requests_query(S, "1m")] = ProviderUnavailable("down")
-    outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(numbers), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(numbers), NOW)
     assert by_check(outcome)["error-rate-vs-stable"].verdict is Verdict.ERROR
     numbers[requests_query(S, "1m")] = None
-    outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(numbers), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(numbers), NOW)
     assert by_check(outcome)["error-rate-vs-stable"].verdict is Verdict.INCONCLUSIVE
 
 
 def test_comparisons_wait_for_the_volume_check() -> None:
     spec = compare_spec(errorRateMargin=0.004)
-    outcome = run_analysis(spec, CANARY, STABLE, FakeProvider(traffic((5, 5))), NOW)
+    outcome = run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(traffic((5, 5))), NOW)
     assert [r.check for r in outcome.results] == ["requests"]
     assert outcome.verdict is Verdict.INCONCLUSIVE
 
@@ -340,22 +343,41 @@ def test_comparisons_wait_for_the_volume_check() -> None:
 def test_input_drift_gate(psi: float | None, verdict: Verdict) -> None:
     spec = make_spec("2.0.0", slo={"maxErrorRate": 1.0, "maxLatencyP95": None}, maxInputDrift=0.25)
     numbers = {**traffic((900, 0)), input_drift_query(C): psi}
-    result = by_check(run_analysis(spec, CANARY, STABLE, FakeProvider(numbers), NOW))["input-drift"]
+    result = by_check(run_analysis(spec, SCOPE, CANARY, STABLE, FakeProvider(numbers), NOW))["input-drift"]
     assert result.verdict is verdict
     assert result.limit == "<= 0.25"
-    assert result.query == 'max(modelserver_input_drift_psi{model="iris",version="2.0.0",track="canary"})'
+    assert result.query == (
+        'max(modelserver_input_drift_psi{namespace="models",modeldeployment="iris",model="iris",version="2.0.0",'
+        'track="canary"})'
+    )
 
 
 def test_comparison_queries() -> None:
     assert errors_query(C, "1m") == (
-        'sum(increase(modelserver_requests_total{model="iris",version="2.0.0",track="canary",code=~"5.."}[1m]))'
-        " or vector(0)"
+        'sum(increase(modelserver_requests_total{namespace="models",modeldeployment="iris",model="iris",'
+        'version="2.0.0",track="canary",code=~"5.."}[1m])) or vector(0)'
     )
     assert latency_buckets_query(S, "2m") == (
-        'sum by (le) (increase(modelserver_request_duration_seconds_bucket{model="iris",version="1.0.0",'
-        'track="stable"}[2m]))'
+        'sum by (le) (increase(modelserver_request_duration_seconds_bucket{namespace="models",'
+        'modeldeployment="iris",model="iris",version="1.0.0",track="stable"}[2m]))'
     )
     assert predictions_query(C, "1m").startswith("sum by (class) (increase(modelserver_predictions_total{")
+
+
+def test_every_query_is_confined_to_its_model_deployment() -> None:
+    """Two ModelDeployments serving the same model and version never share a series: every built-in query
+    and every rendered user query names the namespace and the ModelDeployment."""
+    other = Target(Scope("staging", "iris"), CANARY)
+    builders = (requests_query, error_rate_query, errors_query, latency_buckets_query, predictions_query)
+    for build in builders:
+        mine, theirs = build(C, "1m"), build(other, "1m")
+        assert 'namespace="models",modeldeployment="iris"' in mine and 'namespace="staging"' in theirs, build
+    assert 'namespace="models",modeldeployment="iris"' in input_drift_query(C)
+    query = 'sum(rate(x{namespace="{{namespace}}", modeldeployment="{{ name }}", track="{{track}}"}[{{window}}]))'
+    spec = make_spec()
+    rendered = render(query, spec, Scope("staging", "fraud"), CANARY, STABLE, "preview")
+    window = spec.analysis.window
+    assert rendered == f'sum(rate(x{{namespace="staging", modeldeployment="fraud", track="preview"}}[{window}]))'
 
 
 def test_query_vector_keys_by_the_one_label() -> None:

@@ -198,10 +198,30 @@ def test_virtual_service_canary_weight_parse(http: list[dict[str, Any]], expecte
 
 @pytest.mark.parametrize(
     ("total", "weight", "expected"),
-    [(4, 0, (4, 0)), (4, 5, (3, 1)), (4, 50, (2, 2)), (4, 99, (1, 3)), (4, 100, (0, 4)), (1, 50, (1, 0))],
+    [
+        (4, 0, (4, 0)),
+        (4, 5, (3, 1)),
+        (4, 50, (2, 2)),
+        (4, 99, (1, 3)),
+        (4, 100, (0, 4)),
+        (2, 5, (1, 1)),
+        (1, 0, (1, 0)),
+        pytest.param(1, 5, (1, 1), id="one-replica-canary-gets-a-pod-of-its-own"),
+        pytest.param(1, 99, (1, 1), id="one-replica-stable-keeps-its-pod"),
+        (1, 100, (0, 1)),
+    ],
 )
 def test_replica_split(total: int, weight: int, expected: tuple[int, int]) -> None:
     assert split(total, weight) == expected
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 10, 1000])
+def test_replica_split_gives_each_track_a_pod_while_both_get_traffic(total: int) -> None:
+    for weight in range(1, 100):
+        stable, canary = split(total, weight)
+        assert stable >= 1 and canary >= 1, (total, weight)
+        assert stable + canary == max(total, 2), "one extra pod at most, and only for a single replica"
+    assert split(total, 0) == (total, 0) and split(total, 100) == (0, total)
 
 
 @pytest.mark.parametrize("provider", ["gatewayAPI", "istio"])
@@ -230,6 +250,41 @@ def test_replica_router_follows_the_weight_and_ignores_capacity() -> None:
     assert router.replicas(4, 50, 50, True) == (2, 2)
     assert router.replicas(4, 50, 100, False) == (4, 0)
     assert router.note()
+
+
+def test_replica_router_with_one_replica_runs_the_canary_on_a_pod_of_its_own() -> None:
+    router = router_for("replicas", FakeKube())
+    assert router.replicas(1, 10, 10, True) == (1, 1), "no pod, no request: the canary could never be judged"
+    assert router.replicas(1, 100, 100, True) == (0, 1)
+    assert router.replicas(1, 0, 0, False) == (1, 0)
+
+
+@pytest.mark.parametrize(("provider", "kind"), [("gatewayAPI", "HTTPRoute"), ("istio", "VirtualService")])
+def test_a_router_removes_its_own_route_only(provider: str, kind: str) -> None:
+    kube = FakeKube()
+    spec = make_spec() if provider == "gatewayAPI" else istio_spec()
+    router = router_for(provider, kube)
+    router.remove(OWNER)
+    assert [verb for verb, *_ in kube.calls] == ["get"], "nothing there: nothing deleted"
+    router.set_weight(OWNER, spec, 10)
+    assert router.verify_weight(OWNER, 10) is True and router.verify_weight(OWNER, 20) is False
+    router.remove(OWNER)
+    assert (kind, "iris") not in kube.objects
+    assert router.current_weight(OWNER) is None and router.verify_weight(OWNER, 10) is False
+    router.remove(OWNER)  # idempotent
+
+    other = manifests.Owner("models", "iris", "uid-of-another-iris")  # an earlier one, deleted and recreated
+    router.set_weight(other, spec, 10)
+    router.remove(OWNER)
+    assert (kind, "iris") in kube.objects, "a route this ModelDeployment does not own stays"
+
+
+def test_the_replica_router_has_no_route_to_verify_or_remove() -> None:
+    kube = FakeKube()
+    router = router_for("replicas", kube)
+    assert router.verify_weight(OWNER, 10) is None
+    router.remove(OWNER)
+    assert kube.calls == [], "the root Service and the Deployments are every provider's"
 
 
 def test_deployment_is_restricted_and_pinned() -> None:
