@@ -26,6 +26,7 @@ from model_operator.spec import GROUP, PLURAL, VERSION, ModelDeploymentSpec
 from model_operator.traffic import istio, router_for
 from tests.rig import Cluster
 from tests.support.helm import CHART, Helm
+from tests.support.routes import Split, virtual_service_split
 
 pytestmark = pytest.mark.integration
 
@@ -93,21 +94,27 @@ def _message(error: ApiException) -> str:
     return str(json.loads(error.body or "{}").get("message"))
 
 
+def hosts(namespace: str) -> tuple[str, str]:
+    """The stable and canary Services' in-cluster names, spelled out here rather than taken from the router."""
+    return f"iris-stable.{namespace}.svc.cluster.local", f"iris-canary.{namespace}.svc.cluster.local"
+
+
 def test_weights_round_trip_through_the_api_server(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    """Each weight the router writes is the split Istio would make of the stored VirtualService, read by
+    Istio's rules (``tests.support.routes``), not by the router's own ``current_weight``."""
     spec = make_spec()
     owner = model_deployment(cluster, namespace, spec)
     router = router_for("istio", operator.kube)
     assert router.current_weight(owner) is None
+    stable, canary = hosts(namespace)
 
     for weight in (0, 5, 25, 50, 100, 0):
         router.set_weight(owner, spec, weight)
-        assert router.current_weight(owner) == weight
+        split = virtual_service_split(read_vs(cluster, namespace, "iris"))
+        assert split == Split(live={stable: 100 - weight, canary: weight}), (weight, split)
+        assert router.current_weight(owner) == weight  # and the router reads back what Istio would do
     stored = read_vs(cluster, namespace, "iris")
     assert stored["spec"]["hosts"] == [f"iris.{namespace}.svc.cluster.local"]
-    assert [d["destination"]["host"] for d in stored["spec"]["http"][0]["route"]] == [
-        f"iris-stable.{namespace}.svc.cluster.local",
-        f"iris-canary.{namespace}.svc.cluster.local",
-    ]
     assert stored["metadata"]["ownerReferences"][0]["uid"] == owner.uid
     assert {m["manager"] for m in stored["metadata"]["managedFields"]} == {FIELD_MANAGER}
 
@@ -120,12 +127,24 @@ def test_hosts_gateways_and_mirror_are_accepted(cluster: Cluster, operator: Oper
     spec = make_spec(hosts=["iris.example.com"], gateways=["istio-system/public", "mesh"])
     owner = model_deployment(cluster, namespace, spec)
     operator.kube.apply(istio.virtual_service(owner, spec, 10, mirror_percent=12.5))
-    stored = read_vs(cluster, namespace, "iris")["spec"]
-    assert stored["hosts"] == ["iris.example.com"]
-    assert stored["gateways"] == ["istio-system/public", "mesh"]
-    assert stored["http"][0]["mirror"]["host"] == f"iris-canary.{namespace}.svc.cluster.local"
-    assert stored["http"][0]["mirrorPercentage"] == {"value": 12.5}
-    assert router_for("istio", operator.kube).current_weight(owner) == 10
+    stored = read_vs(cluster, namespace, "iris")
+    assert stored["spec"]["hosts"] == ["iris.example.com"]
+    assert stored["spec"]["gateways"] == ["istio-system/public", "mesh"]
+    stable, canary = hosts(namespace)
+    assert virtual_service_split(stored) == Split(live={stable: 90, canary: 10}, mirrored={canary: 12.5})
+
+
+def test_the_router_mirrors_the_share_it_is_given(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    """A shadow's mirrored share as Istio reads the stored route (``mirrorPercentage.value`` is a percent;
+    absent, everything is mirrored), for each share the router is asked for, and none once it is 0."""
+    spec = make_spec()
+    owner = model_deployment(cluster, namespace, spec)
+    router = router_for("istio", operator.kube)
+    stable, canary = hosts(namespace)
+    for mirror in (1, 25, 100, 0):
+        router.set_weight(owner, spec, 0, mirror_percent=mirror)
+        split = virtual_service_split(read_vs(cluster, namespace, "iris"))
+        assert split == Split(live={stable: 100, canary: 0}, mirrored={canary: mirror} if mirror else {}), split
 
 
 def _route(vs: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +222,8 @@ def test_the_crd_schema_does_not_bound_weights_so_the_builder_does(
         ("watch", "virtualservices.networking.istio.io", True),
         ("patch", "virtualservices.networking.istio.io", True),
         ("create", "virtualservices.networking.istio.io", True),
-        ("delete", "virtualservices.networking.istio.io", False),  # owner references clean up instead
+        ("delete", "virtualservices.networking.istio.io", True),  # a route left behind by a change of provider
+        ("delete", "deployments.apps", False),  # owner references clean up the rest
         ("create", "destinationrules.networking.istio.io", False),  # not needed: one Service per track
         ("create", "gateways.networking.istio.io", False),
     ],

@@ -1,27 +1,34 @@
-"""Leader election on the real rig: two ``python -m model_operator`` processes, each with the operator
-ServiceAccount's token (least-privilege RBAC, including the namespaced leader-election Role), contend for
-one Lease. Exactly one acts; when it is SIGKILLed the other takes over within the lease duration; a
+"""Leader election on the real rig: two ``python -m model_operator`` processes, each with a token of its own
+of the operator ServiceAccount (least-privilege RBAC, including the namespaced leader-election Role; one
+token per process, as each pod gets its own), contend for one Lease. Exactly one acts — the API server's
+audit log shows every write of a reconciled ModelDeployment's life came from the leader's token and none
+from the follower's; when the leader is SIGKILLed the other takes over within the lease duration; a
 SIGTERMed leader releases the Lease; a leader whose Lease is taken stops and exits non-zero.
 
-Lease timings are the tests' short ones (``tests.support.rollouts.LEASE_TIMINGS``: 4 s / 3 s / 0.5 s);
-the Lease is the chart release's own, deleted after each test.
+Lease timings are the tests' short ones (``tests.support.rollouts.LEASE_TIMINGS``: 4 s / 3 s / 0.5 s),
+except where a test says otherwise; the Lease is the chart release's own, deleted after each test.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
 from tests.rig import Cluster
+from tests.rig.cluster import WRITE_VERBS
 from tests.support.helm import CHART, Helm
-from tests.support.rollouts import LEASE_NAMESPACE, LEASE_TIMINGS, OperatorProcess, wait_for
+from tests.support.rollouts import CHART_LEASE_TIMINGS, LEASE_NAMESPACE, LEASE_TIMINGS, OperatorProcess, wait_for
 from tests.support.servers import REPO
 
 pytestmark = pytest.mark.integration
@@ -31,23 +38,23 @@ RETRY_PERIOD = float(LEASE_TIMINGS["MODELROLLOUT_RETRY_PERIOD_SECONDS"])
 # lease duration (counted from the last renewal it saw), plus API round trips.
 FAILOVER_BOUND = LEASE_DURATION + 2 * RETRY_PERIOD + 1.5
 FAILOVERS = 3
-StartOperator = Callable[[str], OperatorProcess]
+StartOperator = Callable[..., OperatorProcess]
 
 
 RELEASE = "le"  # fullnameOverride: ServiceAccount, ClusterRole and the Role's one Lease are all "le-operator"
 
 
 @pytest.fixture(scope="module")
-def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A token of the chart's ServiceAccount: RBAC exactly as `helm install` grants it, leader-election Role
-    included (which can only get and update the release's own Lease)."""
+def operator_account(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The chart's ServiceAccount: RBAC exactly as `helm install` grants it, leader-election Role included
+    (which can only get and update the release's own Lease)."""
     cluster.apply(REPO / "crds" / "modeldeployments.yaml")
     cluster.wait_for_crds()
     cluster.create_namespace(LEASE_NAMESPACE)
     helm = Helm(tmp_path_factory.mktemp("helm"), cluster.kubeconfig)
     values = {"fullnameOverride": RELEASE, "operator": {"replicas": 0}}
     helm.run("install", RELEASE, str(CHART), "-n", LEASE_NAMESPACE, *helm.values_args(values), "--wait")
-    yield cluster.mint_service_account_kubeconfig(LEASE_NAMESPACE, f"{RELEASE}-operator")
+    yield f"{RELEASE}-operator"
     helm.run("uninstall", RELEASE, "-n", LEASE_NAMESPACE, "--wait", check=False)
 
 
@@ -64,16 +71,20 @@ def lease_name(cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator(operator_kubeconfig: Path, lease_name: str, tmp_path: Path) -> Iterator[StartOperator]:
-    """``operator("op-a")``: an operator process (not started) on this test's Lease; all stopped at the end."""
+def operator(cluster: Cluster, operator_account: str, lease_name: str, tmp_path: Path) -> Iterator[StartOperator]:
+    """``operator("op-a")``: an operator process (not started) on this test's Lease, with a token of its own
+    (``timings`` replaces the short lease timings); all stopped at the end."""
     made: list[OperatorProcess] = []
 
-    def make(identity: str) -> OperatorProcess:
+    def make(identity: str, timings: Mapping[str, str] = LEASE_TIMINGS) -> OperatorProcess:
+        kubeconfig = cluster.mint_service_account_kubeconfig(
+            LEASE_NAMESPACE, operator_account, path=tmp_path / f"{identity}.kubeconfig"
+        )
         process = OperatorProcess(
-            operator_kubeconfig,
+            kubeconfig,
             tmp_path / f"{identity}.log",
             identity=identity,
-            env={"MODELROLLOUT_LEASE_NAME": lease_name, **LEASE_TIMINGS},
+            env={"MODELROLLOUT_LEASE_NAME": lease_name, **timings},
         )
         made.append(process)
         return process
@@ -149,6 +160,90 @@ def assert_only_leader_acts(cluster: Cluster, lease: str, leader: OperatorProces
     assert leader.leading()
     assert "became leader" not in follower.log()
     assert f"is held by {leader.identity}_" in follower.log()
+
+
+CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"  # user.extra in audit events: which token
+
+
+def token_credential(kubeconfig: Path) -> str:
+    """How the API server's audit log names the ServiceAccount token in ``kubeconfig``: ``JTI=<its jti>``,
+    read from the token's own claims (a TokenRequest token is a JWT)."""
+    user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+    payload = user["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"JTI={claims['jti']}"
+
+
+def audited(cluster: Cluster, credential: str) -> list[dict[str, Any]]:
+    """The audit log's events for requests made with one token."""
+    return [e for e in cluster.audit_events(containing=credential)
+            if credential in ((e.get("user") or {}).get("extra") or {}).get(CREDENTIAL_ID, [])]  # fmt: skip
+
+
+def lease_reads(events: list[dict[str, Any]], lease: str) -> int:
+    return sum(1 for e in events if e["verb"] == "get" and (e.get("objectRef") or {}).get("name") == lease)
+
+
+def write_summary(event: dict[str, Any]) -> str:
+    ref = event.get("objectRef") or {}
+    resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    code = (event.get("responseStatus") or {}).get("code")
+    return f"{event['verb']} {resource} {ref.get('namespace', '')}/{ref.get('name', '')} -> {code}"
+
+
+def test_only_the_leader_writes_while_a_model_deployment_lives(
+    cluster: Cluster, operator: StartOperator, lease_name: str, namespace: str, request: pytest.FixtureRequest
+) -> None:
+    """Two replicas; a ModelDeployment is created, reconciled, scaled and deleted. The API server's audit log
+    — not the operator's own metrics or logs — shows every write of that life came from the leader's token,
+    and none at all from the follower's, which it saw reading the Lease all along (so the follower was there,
+    and its requests are recognisable). The chart's lease timings, so no renewal lapses on a loaded machine."""
+    custom = k8s.CustomObjectsApi(cluster.api_client)
+    leader = operator("op-lead", CHART_LEASE_TIMINGS).start()
+    follower = operator("op-follow", CHART_LEASE_TIMINGS).start(wait_leading=False)
+    leader_token, follower_token = token_credential(leader.kubeconfig), token_credential(follower.kubeconfig)
+    assert leader_token != follower_token
+    wait_for(
+        lambda: lease_reads(audited(cluster, follower_token), lease_name) >= 2, 30, "the follower polling the Lease"
+    )
+
+    started = time.monotonic()
+    custom.create_namespaced_custom_object("modelrollout.io", "v1alpha1", namespace, "modeldeployments",
+                                           md_body("solo", namespace))  # fmt: skip
+    wait_for(lambda: phase(cluster, namespace, "solo") == "Succeeded", 90, "the leader reconciles 'solo'")
+    custom.patch_namespaced_custom_object(
+        "modelrollout.io", "v1alpha1", namespace, "modeldeployments", "solo", {"spec": {"replicas": 2}}
+    )
+    apps = k8s.AppsV1Api(cluster.api_client)
+    wait_for(lambda: apps.read_namespaced_deployment("solo-stable", namespace).spec.replicas == 2, 90, "scaled to 2")
+    delete_md(cluster, namespace, "solo")
+    lifetime = time.monotonic() - started
+    # The follower outlived all of that, still following: two more Lease reads from its token after the end.
+    reads = lease_reads(audited(cluster, follower_token), lease_name)
+    wait_for(
+        lambda: lease_reads(audited(cluster, follower_token), lease_name) >= reads + 2, 30, "the follower still there"
+    )
+
+    follower_writes = [write_summary(e) for e in audited(cluster, follower_token) if e["verb"] in WRITE_VERBS]
+    assert follower_writes == [], f"the follower wrote to the API server: {follower_writes}"
+
+    leader_writes = [e for e in audited(cluster, leader_token) if e["verb"] in WRITE_VERBS]
+    ours = Counter((e["objectRef"]["resource"], e["verb"]) for e in leader_writes
+                   if e["objectRef"].get("namespace") == namespace)  # fmt: skip
+    assert ours[("deployments", "patch")] >= 2, ours  # created, then scaled (server-side apply)
+    assert ours[("modeldeployments", "patch")] >= 2, ours  # finalizer and status, finalizer removed at the end
+    assert any(e["objectRef"]["resource"] == "leases" and e["verb"] == "update" for e in leader_writes)
+    assert follower.process is not None and follower.process.poll() is None
+    record = read_lease(cluster, lease_name).spec
+    assert record.holder_identity.startswith(f"{leader.identity}_") and record.lease_transitions == 0, record
+    request.node.user_properties.append(
+        (
+            "measured",
+            f"one ModelDeployment's life ({lifetime:.1f}s): {len(leader_writes)} writes by the leader's token "
+            f"(in its namespace: {dict(ours)}), 0 by the follower's "
+            f"({lease_reads(audited(cluster, follower_token), lease_name)} Lease reads)",
+        )
+    )
 
 
 def test_one_of_two_leads_and_a_follower_takes_over_when_it_dies(

@@ -39,6 +39,27 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 NODE_LEASE_SECONDS = 40  # what a kubelet sets
 STARTUP_TIMEOUT = 120.0
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+# The API server's audit log, an oracle outside every client: who (user, and which of their tokens) wrote
+# what. Only ServiceAccounts outside kube-system are recorded (the code under test runs as one; the
+# controllers' own accounts live in kube-system), at Metadata level: their writes, and their reads of Leases
+# (proof that a client that wrote nothing was there and identifiable). One line of JSON per request.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"], "verbs": list(WRITE_VERBS)},
+        {
+            "level": "Metadata",
+            "userGroups": ["system:serviceaccounts"],
+            "verbs": ["get"],
+            "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}],
+        },
+        {"level": "None"},
+    ],
+}
 APISERVER_SANS = (
     "localhost",
     "kubernetes",
@@ -100,6 +121,7 @@ class Cluster:
     components: list[Component] = field(init=False, default_factory=list)
     startup_phases: dict[str, float] = field(init=False, default_factory=dict)
     _etcd_dir: Path | None = field(init=False, default=None)
+    audit_log: Path = field(init=False, default=Path())
 
     def __repr__(self) -> str:  # short: pytest prints fixtures' reprs in every failure report
         return f"Cluster(server={self.server!r}, kubeconfig={str(self.kubeconfig)!r}, logs={str(self.log_dir)!r})"
@@ -208,6 +230,9 @@ class Cluster:
             client=self.admin,
         )
         (self.work_dir / "apiserver").mkdir(exist_ok=True)
+        audit_policy = self.work_dir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log = self.log_dir / "kube-apiserver-audit.log"
         component = self._spawn(
             "kube-apiserver",
             [
@@ -237,6 +262,12 @@ class Cluster:
                 "--enable-admission-plugins=NodeRestriction",  # added to the default set (PodSecurity, ...)
                 "--allow-privileged=true",  # so PodSecurity, not this switch, is what rejects privileged pods
                 *self._node_facing_flags(),
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # written before the response: a test reads it right after
+                "--audit-log-maxsize=200",  # MB, then rotated (a session writes a few MB)
+                "--audit-log-maxbackup=1",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -501,6 +532,16 @@ class Cluster:
     def api_client_for(self, kubeconfig: Path) -> k8s.ApiClient:
         """A python client for another identity (close it when done)."""
         return client_from_kubeconfig(kubeconfig)
+
+    def audit_events(self, containing: str = "") -> list[dict[str, Any]]:
+        """The events of the API server's audit log so far (``AUDIT_POLICY`` says which are recorded) whose
+        line contains ``containing`` (a cheap filter before parsing): dicts with ``verb``, ``user``
+        (``username``, ``extra``), ``objectRef``, ``responseStatus``, ``userAgent``."""
+        if not self.audit_log.exists():
+            return []
+        text = self.audit_log.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line being written right now is left for the next read
+        return [json.loads(line) for line in complete.splitlines() if line.strip() and containing in line]
 
     def server_version(self) -> dict[str, Any]:
         version: dict[str, Any] = json.loads(self.kubectl("get", "--raw", "/version").stdout)

@@ -1,5 +1,6 @@
 """Pieces of the operator integration tests: the operator process, a weighted load generator that acts
-as the gateway (it reads the HTTPRoute's weights and mirror filter from the API server), and polling helpers."""
+as the gateway (it reads the HTTPRoute's weights and mirror filter from the API server, interpreting them by
+the Gateway API spec with ``tests.support.routes``, not with the operator's code), and polling helpers."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from kubernetes import client as k8s
 
-from model_operator.traffic import gateway_api
 from model_server.bundle import ModelManifest
+from tests.support.routes import UnreadableRoute, httproute_split
 from tests.support.servers import REPO, free_port
 
 T = TypeVar("T")
@@ -179,6 +180,11 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def _track(service: str) -> str:
+    """The track a ModelDeployment's Service serves: ``<md>-stable`` -> ``stable``."""
+    return service.rsplit("-", 1)[-1]
+
+
 class WeightedLoad:
     """Sends ``rate`` requests/s to the stable or candidate server, split by the HTTPRoute's weights, and
     copies the share its RequestMirror filter names to the mirror's backend, discarding the copy's answer.
@@ -216,7 +222,9 @@ class WeightedLoad:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.errors: list[str] = []
-        self._weights: dict[str, int] = {}
+        self.route_errors: list[str] = []
+        """Why the route could not be read by the Gateway API spec (``canary_weight`` then raises)."""
+        self._weights: dict[str, float] | None = None  # track -> percent of live requests; None: no route yet
         self._senders = senders
         self.rows = list(rows)  # each request posts one, picked at random (prediction-mix tests need variety)
         self._threads = [threading.Thread(target=self._watch, daemon=True)]
@@ -238,28 +246,39 @@ class WeightedLoad:
                 thread.join(10)
 
     def canary_weight(self) -> int | None:
-        """The candidate's (canary or preview) share of the route's weight."""
-        total = sum(self._weights.values())
-        candidate = sum(w for track, w in self._weights.items() if track != "stable")
+        """The candidate's (canary or preview) share of live requests, percent; None before the route exists
+        or while it forwards nothing."""
+        if self.route_errors:
+            raise AssertionError(f"the stand-in gateway cannot read the route: {self.route_errors[-1]}")
+        return self._candidate_share()
+
+    def _candidate_share(self) -> int | None:
+        weights = self._weights or {}
+        total = sum(weights.values())
+        candidate = sum(w for track, w in weights.items() if track != "stable")
         return None if not total else round(100 * candidate / total)
 
     def _watch(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                route: dict[str, Any] = self._custom.get_namespaced_custom_object(
-                    "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.route
+                route = cast(
+                    dict[str, Any],
+                    self._custom.get_namespaced_custom_object(
+                        "gateway.networking.k8s.io", "v1", self.namespace, "httproutes", self.route
+                    ),
                 )
-                rules = route["spec"]["rules"]
-                refs = [r for rule in rules for r in rule["backendRefs"]]
-                self._weights = {r["name"].rsplit("-", 1)[-1]: int(r.get("weight", 1)) for r in refs}
-                copies = [(ref["name"].rsplit("-", 1)[-1], share) for ref, share in gateway_api.mirrors(route)]
+                split = httproute_split(route)  # by the spec: weight default 1, mirror percent/fraction/all
+                self._weights = {_track(name): share for name, share in split.live.items()}
+                copies = [(_track(name), share) for name, share in split.mirrored.items()]
                 self._mirror = copies[0] if copies else None
                 now = time.monotonic()
-                self.weights.append((now, self.canary_weight() or 0))
+                self.weights.append((now, self._candidate_share() or 0))
                 self.mirrors.append((now, self._mirror[1] if self._mirror else 0))
             except k8s.ApiException:
                 pass
+            except UnreadableRoute as exc:  # a route this reading cannot follow: loud, not guessed
+                self.route_errors.append(f"route {self.namespace}/{self.route}: {exc}")
             self._stop.wait(0.25)
 
     def _send(self, seed: int) -> None:
@@ -268,8 +287,13 @@ class WeightedLoad:
         with httpx.Client(timeout=5) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 started = time.monotonic()
-                weights = dict(self._weights) or {"stable": 100}
-                total = sum(weights.values()) or 1
+                weights = {"stable": 100.0} if self._weights is None else dict(self._weights)
+                total = sum(weights.values())
+                if not total:  # every backend weight 0: the gateway forwards nothing and answers 500
+                    with self._lock:
+                        self.sent[("none", 500)] += 1
+                    self._stop.wait(max(0.0, self._senders / self.rate - (time.monotonic() - started)))
+                    continue
                 pick = rng.uniform(0, total)
                 track = "stable"
                 for name, weight in weights.items():
