@@ -33,6 +33,7 @@ def render_status(obj: dict[str, Any]) -> str:
         f"Strategy:      {spec.strategy.type}",
         f"Phase:         {status.phase.value if status.phase else 'Pending'}",
         f"Message:       {status.message or ''}",
+        *([f"Error:         {status.reconcile_error}"] if status.reconcile_error else []),
         f"Stable:        {_model(status.stable)}",
         f"{role(status).capitalize() + ':':<15}{_model(status.canary)}",
         f"Weight:        {status.canary_weight}%"

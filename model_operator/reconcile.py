@@ -1,7 +1,8 @@
 """One operator tick for one ModelDeployment: observe → (analyse) → decide → apply → record.
 
 Everything the state machine needs is read first; the decision is pure; applying it is idempotent
-(server-side apply of desired objects), so a tick can be repeated or resumed after a crash.
+(server-side apply of desired objects), so a tick can be repeated or resumed after a crash. What happens
+when a tick fails, and when the next one runs, is ``tick.run_once``'s business (the one error policy).
 """
 
 from __future__ import annotations
@@ -14,12 +15,23 @@ from typing import Any
 
 from model_operator.analysis.base import MetricProvider
 from model_operator.analysis.checks import Scope, run_analysis
+from model_operator.analysis.guard import Guarded
+from model_operator.deadline import Deadline
 from model_operator.kube import manifests
 from model_operator.kube.client import Kube
 from model_operator.metrics import OperatorMetrics
 from model_operator.rollout.machine import analysis_due, current_stage, decide
 from model_operator.rollout.plan import candidate_track, stages
-from model_operator.rollout.types import Command, Decision, Desired, Event, Observation, format_time, parse_time
+from model_operator.rollout.types import (
+    AnalysisOutcome,
+    Command,
+    Decision,
+    Desired,
+    Event,
+    Observation,
+    format_time,
+    parse_time,
+)
 from model_operator.spec import (
     GROUP,
     KIND,
@@ -35,12 +47,18 @@ API_VERSION = f"{GROUP}/{VERSION}"
 COMMAND_PREFIX = f"{GROUP}/"
 log = logging.getLogger(__name__)
 
+ProviderFor = Callable[[ModelDeploymentSpec, Deadline], MetricProvider]
+"""The metric provider for a spec's analysis, bound to the tick's deadline (a provider that can bound its
+requests by it should; the reconciler checks it before every query anyway)."""
+
 
 @dataclass
 class TickResult:
     status: ModelDeploymentStatus
     decision: Decision
     events: list[Event] = field(default_factory=list)
+    analysis: AnalysisOutcome | None = None
+    """This tick's own analysis, when one ran: what it found, whether or not the status keeps all of it."""
 
 
 def _replicas(deployment: Mapping[str, Any] | None) -> int:
@@ -82,14 +100,18 @@ class Reconciler:
     def __init__(
         self,
         kube: Kube,
-        provider_for: Callable[[ModelDeploymentSpec], MetricProvider],
+        provider_for: ProviderFor,
         metrics: OperatorMetrics,
     ) -> None:
         self.kube = kube
         self.provider_for = provider_for
         self.metrics = metrics
 
-    def tick(self, body: dict[str, Any], now: dt.datetime) -> TickResult:
+    def tick(self, body: dict[str, Any], now: dt.datetime, deadline: Deadline | None = None) -> TickResult:
+        """Observe, analyse when due, decide, apply, write status. ``deadline`` bounds the analysis: checked
+        before every query and once it ends (``DeadlineExceeded``: nothing of it is counted). Raises what the
+        Kubernetes client, the spec's validation and the provider raise; ``run_once`` says what each means."""
+        deadline = deadline or Deadline.unlimited()
         meta = body["metadata"]
         owner = manifests.Owner(meta["namespace"], meta["name"], meta["uid"])
         spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -105,9 +127,10 @@ class Reconciler:
         analysis = None
         if status.canary is not None and analysis_due(spec, status, now):
             live = current_stage(stages(spec), status).weight
-            provider = self.provider_for(spec)
+            provider = Guarded(self.provider_for(spec, deadline), deadline)
             scope = Scope(owner.namespace, owner.name)
             analysis = run_analysis(spec, scope, status.canary, status.stable, provider, now, track, compare=live < 100)
+            deadline.check("during the analysis")
         obs = Observation(
             generation=meta.get("generation", 0),
             stable_serving=manifests.deployment_serving(stable_obj),
@@ -127,13 +150,14 @@ class Reconciler:
                 message = f"{new.traffic_provider}'s route carries the traffic; {carrying}'s objects are removed"
                 events.append(Event("TrafficProviderChanged", message))
         new.traffic_note = router.note()
+        new.reconcile_error = None  # this tick completed
         new.conditions = conditions(new, obs.generation, now)
         # a merge patch: cleared fields must be sent as null to be removed, so None is kept here
         self.kube.patch_status(
             API_VERSION, KIND, owner.namespace, owner.name, new.model_dump(mode="json", by_alias=True)
         )
-        self.record(owner, status, new, analysis is not None, now)
-        return TickResult(new, decision, events)
+        self.record(owner, status, new, analysis, now)
+        return TickResult(new, decision, events, analysis)
 
     def apply(
         self,
@@ -203,9 +227,10 @@ class Reconciler:
         owner: manifests.Owner,
         before: ModelDeploymentStatus,
         after: ModelDeploymentStatus,
-        analysed: bool,
+        analysis: AnalysisOutcome | None,
         now: dt.datetime,
     ) -> None:
+        """The operator's metrics; ``analysis``: this tick's own, every check of it counted once."""
         m = self.metrics
         m.ensure_series(owner.namespace, owner.name)
         m.set_phase(owner.namespace, owner.name, after.phase)
@@ -213,10 +238,8 @@ class Reconciler:
         m.mirror.labels(owner.namespace, owner.name).set(after.mirror_percent)
         if after.phase is not None and after.phase != before.phase:
             m.transitions.labels(owner.namespace, owner.name, after.phase.value).inc()
-        if analysed:
-            for result in after.analysis:
-                if result.time == format_time(now):  # the checks of this tick share its timestamp
-                    m.analysis.labels(owner.namespace, owner.name, result.check, result.verdict.value).inc()
+        for result in analysis.results if analysis is not None else ():
+            m.analysis.labels(owner.namespace, owner.name, result.check, result.verdict.value).inc()
         started = parse_time(after.rollback_started_at)
         if after.phase is Phase.ROLLED_BACK and before.phase is not Phase.ROLLED_BACK and started is not None:
             m.rollback_seconds.labels(owner.namespace, owner.name).observe((now - started).total_seconds())

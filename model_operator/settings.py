@@ -25,7 +25,20 @@ class OperatorSettings(BaseSettings):
     )
     idle_tick_seconds: float = Field(default=15.0, gt=0, description="Wait between ticks of a settled resource.")
     prometheus_retries: int = Field(default=2, ge=0, description="Retries of a failed Prometheus query.")
-    prometheus_timeout_seconds: float = Field(default=5.0, gt=0, description="Timeout of one Prometheus query.")
+    prometheus_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="What one Prometheus query may take, its retries included; a check without an answer by then "
+        "is an Error (inconclusive), like an unreachable Prometheus.",
+    )
+    tick_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="What one tick's analysis may take: a tick past it fails (reason in status and an Event, its "
+        "analysis not counted) and is retried, so a hung provider cannot hold a ModelDeployment. Above "
+        "prometheus_timeout_seconds, so one hung query is an Error verdict, not a failed tick; below the 15 s "
+        "idle tick and the 20 s default analysis interval.",
+    )
 
     # Leader election (a coordination.k8s.io/v1 Lease, as client-go does it): of N replicas exactly one acts.
     leader_election: bool = Field(default=True, description="Act only while holding the Lease; off = act at once.")
@@ -46,6 +59,18 @@ class OperatorSettings(BaseSettings):
     liveness_port: int = Field(
         default=8080, ge=1, le=65535, description="Port of the liveness endpoint http://0.0.0.0:PORT/healthz."
     )
+
+    @model_validator(mode="after")
+    def _query_fits_the_tick(self) -> OperatorSettings:
+        """A Prometheus that does not answer must give the check an Error verdict (which ``onNoData`` acts on)
+        rather than fail every tick: one query's timeout must fit in the tick's deadline."""
+        if not self.prometheus_timeout_seconds < self.tick_deadline_seconds:
+            raise ValueError(
+                f"prometheus_timeout_seconds ({self.prometheus_timeout_seconds}) must be less than "
+                f"tick_deadline_seconds ({self.tick_deadline_seconds}): a query that times out must leave the tick "
+                "time to record it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _timings_nest(self) -> OperatorSettings:

@@ -511,6 +511,11 @@ class ModelDeploymentStatus(Model):
     handled_commands: dict[str, str] = Field(
         default_factory=dict, description="Last handled stamp per command annotation, so each runs once."
     )
+    reconcile_error: str | None = Field(
+        default=None,
+        description="Why the operator's last tick of this object failed (its metric provider broke, the tick ran "
+        "past its deadline, the spec is invalid); also a Warning Event. Cleared by the next tick that completes.",
+    )
     analysis: list[CheckResult] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
 

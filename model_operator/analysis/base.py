@@ -1,7 +1,10 @@
 """The metric-provider interface (Flagger's ``RunQuery`` + ``IsOnline``, Argo's one-package-per-provider).
 
-ProviderError            the provider could not answer: unreachable, timeout, bad query
+ProviderError            the provider could not answer: unreachable, timeout, bad query, an answer that is
+│                        not Prometheus' (HTML, a login page, a 404) — the check records an Error verdict
 └── ProviderUnavailable  the provider is down or unreachable (retrying later may help)
+ProviderFault            the provider raised anything else (its bug, an answer it could not read): no verdict;
+                         the tick fails with the reason in ``.status`` and an Event (``analysis/guard.py``)
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ class ProviderError(Exception):
 
 class ProviderUnavailable(ProviderError):
     """The provider is unreachable or timed out after retries."""
+
+
+class ProviderFault(Exception):
+    """A provider failed other than by ``ProviderError``. Deliberately not one: the checks must not record
+    it as an Error verdict, since nobody knows what it means; the tick fails and is retried instead."""
 
 
 class MetricProvider(Protocol):

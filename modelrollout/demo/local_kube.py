@@ -18,6 +18,7 @@ What it stores and how it behaves, mirroring what the operator relies on from a 
 - a terminating process keeps serving for ``termination_delay`` seconds before its SIGTERM (like a
   preStop sleep), so the gateway moves traffic away before the process stops listening;
 - Services and HTTPRoutes are only stored; ``endpoints`` resolves a Service selector to ready processes.
+- Events (``create_event``) are kept in order, in memory (``events``).
 
 A process that exits on its own is not restarted (a real cluster would): it is a failure the demo reports.
 """
@@ -133,6 +134,7 @@ class LocalKube:
         self._pods: list[_PodRecord] = []
         self._failures: list[str] = []
         self._subscribers: list[Callable[[], None]] = []
+        self._events: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise_forever, name="local-kube", daemon=True)
 
@@ -183,6 +185,15 @@ class LocalKube:
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str, meta: dict[str, Any]) -> None:
         self._patch(_key(api_version, kind, namespace, name), "metadata", meta)
 
+    def create_event(self, involved: dict[str, Any], reason: str, message: str, warning: bool) -> None:
+        meta = involved["metadata"]
+        event = {"involvedObject": {"kind": involved.get("kind"), "namespace": meta.get("namespace"),
+                                    "name": meta["name"]},
+                 "reason": reason, "message": message, "type": "Warning" if warning else "Normal",
+                 "lastTimestamp": _now()}  # fmt: skip
+        with self._lock:
+            self._events.append(event)
+
     # --- for the local gateway, the metrics discovery and the demo --------------------------------
 
     def start(self) -> LocalKube:
@@ -203,6 +214,11 @@ class LocalKube:
                 for r in self._pods
                 if r.was_ready and r.signalled_at is None and _matches(r.labels, selector)
             ]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every Event posted, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._events)
 
     def scrape_targets(self) -> list[Endpoint]:
         """Every process still running, ready or not: what Prometheus should scrape. Starting ones are

@@ -5,15 +5,15 @@
 3. iris 3.0.0 is bad — its server answers 30 % of requests with HTTP 500 and adds 300 ms (the model
    server's test-only fault injection) — and the analysis rolls it back from 5 %.
 
-The loop is ``handlers._tick`` without kopf: read the ModelDeployment, ``Reconciler.tick``, sleep. All
-decisions come from ``model_operator`` unchanged; the local runtime (LocalKube, the local gateway, the
-metrics backend) stands where Kubernetes, the Gateway and Prometheus stand in a cluster.
+The loop is the kopf daemon's without kopf: ``tick.run_once`` (the operator's one tick and error policy),
+then wait as long as it says. All decisions come from ``model_operator`` unchanged; the local runtime
+(LocalKube, the local gateway, the metrics backend) stands where Kubernetes, the Gateway and Prometheus stand
+in a cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import signal
 import time
@@ -22,14 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
-
 from model_operator.analysis.base import MetricProvider
-from model_operator.analysis.prometheus import PrometheusProvider
+from model_operator.analysis.clients import PrometheusClients
+from model_operator.deadline import Deadline
 from model_operator.metrics import OperatorMetrics
-from model_operator.reconcile import API_VERSION, Reconciler
-from model_operator.rollout.types import format_time
-from model_operator.spec import KIND, ModelDeploymentStatus, ModelRef, Phase
+from model_operator.reconcile import API_VERSION, ProviderFor, Reconciler
+from model_operator.schedule import TickTimings
+from model_operator.spec import KIND, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, Phase
+from model_operator.tick import run_once
 from modelrollout.demo import summary as summaries
 from modelrollout.demo import timeline
 from modelrollout.demo.journal import Chapter, Happening, Journal, Tick, Verdict
@@ -52,6 +52,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "3.0.0": {"estimator": {"type": "dummy", "params": {"strategy": "most_frequent"}}, "scale": False},
 }
 BAD = "3.0.0"
+TICK_DEADLINE_SECONDS = 10.0
+BACKOFF_LIMIT_SECONDS = 5.0
+"""A failing tick is retried sooner than in a cluster: the demo has a story to tell."""
 log = logging.getLogger(__name__)
 
 
@@ -124,10 +127,15 @@ class Story:
         self.logs = self.out / "logs"
         self.prometheus_url: str | None = None
         self.load: LoadGenerator | None = None
+        self.timings = TickTimings(
+            options.profile.tick, options.profile.tick, TICK_DEADLINE_SECONDS, BACKOFF_LIMIT_SECONDS
+        )
+        self.failures = 0
+        self.next_in = options.profile.tick
 
     # --- setup ------------------------------------------------------------------------------------
 
-    def metrics_backend(self) -> tuple[MetricProvider, Callable[[Sequence[str]], None]]:
+    def metrics_backend(self) -> tuple[ProviderFor, Callable[[Sequence[str]], None]]:
         """The provider the analysis queries, and how to tell it which processes to scrape."""
         wanted = self.options.metrics
         binary = find_prometheus() if wanted is not MetricsBackend.SCRAPE else None
@@ -145,22 +153,22 @@ class Story:
                 self.note(f"metrics: {exc}; scraping in process instead")
                 server = None
         if server is not None:
-            self.prometheus_url = server.url
-            client = self.stack.enter_context(httpx.Client(timeout=httpx.Timeout(3.0, connect=1.0)))
+            url = self.prometheus_url = server.url
+            clients = self.stack.enter_context(PrometheusClients(timeout=3.0, retries=1))
             self.journal.metrics = f"Prometheus ({binary}) at {server.url}"
-            return PrometheusProvider(server.url, client=client, retries=1), server.set_targets
+            return lambda spec, deadline: clients.provider(url, deadline), server.set_targets
         scraper = ScrapeProvider(interval=1.0).start()
         self.stack.callback(scraper.close)
         why = "--metrics scrape" if wanted is MetricsBackend.SCRAPE else "no Prometheus"
         self.journal.metrics = f"in-process scraping of /metrics every 1s ({why})"
-        return scraper, scraper.set_targets
+        return _always(scraper), scraper.set_targets
 
     def run(self) -> summaries.Run:
         for stale in ("summary.json", "timeline.png"):
             (self.out / stale).unlink(missing_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.note(f"metrics: starting ({self.options.metrics.value})")
-        provider, set_targets = self.metrics_backend()
+        provider_for, set_targets = self.metrics_backend()
         self.note(f"metrics: {self.journal.metrics}")
         kube = LocalKube(ServerPodFactory(self.logs, extra_args=faults_for))
         self.stack.callback(kube.close)
@@ -170,7 +178,7 @@ class Story:
         kube.subscribe(lambda: set_targets([e.url for e in kube.scrape_targets()]))
         kube.start()
         self.router = router
-        self.reconciler = Reconciler(kube, lambda spec: provider, OperatorMetrics())
+        self.reconciler = Reconciler(kube, provider_for, OperatorMetrics())
 
         bundles = self.out / "bundles"
         self.note("training iris 1.0.0 (logistic regression)")
@@ -233,25 +241,26 @@ class Story:
                     f"chapter '{chapter.title}' took over {self.profile.chapter_timeout:.0f}s; "
                     f"phase {status.phase}: {status.message} (logs in {self.logs})"
                 )
-            self.wait(self.profile.tick)
+            self.wait(self.next_in)
 
     def tick(self) -> ModelDeploymentStatus:
         """One operator tick, exactly as the kopf daemon runs it, plus bookkeeping for the view."""
-        now = dt.datetime.now(dt.UTC)
-        body = self.kube.get(API_VERSION, KIND, NAMESPACE, NAME)
-        if body is None:
+        outcome = run_once(self.reconciler, NAMESPACE, NAME, self.timings, self.failures)
+        if outcome.next_in is None:
             raise DemoError("the ModelDeployment disappeared")
-        result = self.reconciler.tick(body, now)
-        at, status, stamp = time.monotonic(), result.status, format_time(now)
+        if outcome.status is None:
+            raise DemoError(f"the operator's tick failed: {outcome.reason} (logs in {self.logs})")
+        self.failures, self.next_in = outcome.failures, outcome.next_in
+        at, status = time.monotonic(), outcome.status
         chapter = self.journal.chapter()
         version = chapter.version if chapter else "?"
-        for event in result.events:
+        for event in outcome.events:
             self.journal.events.append(Happening(at, version, event.reason, event.message, event.warning))
-        for check in status.analysis:
-            if check.time == stamp:
-                self.journal.verdicts.append(
-                    Verdict(at, version, check.check, check.verdict.value, check.value, check.limit, check.message)
-                )
+        analysis = outcome.result.analysis if outcome.result is not None else None
+        for check in analysis.results if analysis is not None else ():
+            self.journal.verdicts.append(
+                Verdict(at, version, check.check, check.verdict.value, check.value, check.limit, check.message)
+            )
         self.journal.ticks.append(
             Tick(at, str(status.phase or ""), self.router.canary_weight(), status.current_step,
                  status.canary_version, status.stable_version)
@@ -268,6 +277,15 @@ class Story:
 
     def refresh(self) -> None:
         self.view.update(self.journal, self.load.stats(3.0) if self.load else {})
+
+
+def _always(provider: MetricProvider) -> ProviderFor:
+    """One provider for every spec and tick (the in-process scraper has no requests to bound)."""
+
+    def provider_for(spec: ModelDeploymentSpec, deadline: Deadline) -> MetricProvider:
+        return provider
+
+    return provider_for
 
 
 @contextlib.contextmanager

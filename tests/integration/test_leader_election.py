@@ -36,7 +36,7 @@ LEASE_DURATION = float(LEASE_TIMINGS["MODELROLLOUT_LEASE_DURATION_SECONDS"])
 RETRY_PERIOD = float(LEASE_TIMINGS["MODELROLLOUT_RETRY_PERIOD_SECONDS"])
 # A follower takes over at its first attempt after the lease ran out: at most one retry period after the
 # lease duration (counted from the last renewal it saw), plus API round trips.
-FAILOVER_BOUND = LEASE_DURATION + 2 * RETRY_PERIOD + 1.5
+FAILOVER_BOUND = LEASE_DURATION + 2 * RETRY_PERIOD + 5  # the slack is for a loaded 2-core machine
 FAILOVERS = 3
 StartOperator = Callable[..., OperatorProcess]
 
@@ -306,7 +306,7 @@ def test_one_of_two_leads_and_a_follower_takes_over_when_it_dies(
     release_seconds = time.monotonic() - stopped
     assert leader.process.wait(20) == 0, leader.log()[-3000:]
     assert "released lease" in leader.log()
-    wait_for(lambda: holder(cluster, lease_name).startswith(f"{follower.identity}_"), 5, "follower takes over")
+    wait_for(lambda: holder(cluster, lease_name).startswith(f"{follower.identity}_"), 15, "follower takes over")
     handover_seconds = time.monotonic() - stopped
     request.node.user_properties.append(
         (
@@ -315,7 +315,7 @@ def test_one_of_two_leads_and_a_follower_takes_over_when_it_dies(
             f"follower holding it after {handover_seconds:.2f}s",
         )
     )
-    assert handover_seconds < 2 * RETRY_PERIOD + 3
+    assert handover_seconds < 2 * RETRY_PERIOD + 6, "the next attempt after a release, not the lease's expiry"
 
 
 def test_a_sigtermed_leader_releases_the_lease(

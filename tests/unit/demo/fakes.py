@@ -10,8 +10,10 @@ from typing import Any
 
 from model_operator.analysis.base import MetricProvider
 from model_operator.metrics import OperatorMetrics
-from model_operator.reconcile import API_VERSION, Reconciler
-from model_operator.spec import KIND, ModelDeploymentStatus, ModelRef
+from model_operator.reconcile import Reconciler
+from model_operator.schedule import TickTimings
+from model_operator.spec import ModelDeploymentStatus, ModelRef
+from model_operator.tick import run_once
 from modelrollout.demo.local_kube import LocalKube
 from modelrollout.demo.router import LocalRouter
 
@@ -21,6 +23,7 @@ def ref(version: str, digest: str) -> ModelRef:
 
 
 V1, V2 = ref("1.0.0", "1"), ref("2.0.0", "2")
+TIMINGS = TickTimings(active=1.0, idle=1.0, deadline=10.0)
 
 
 @dataclass
@@ -83,25 +86,25 @@ class Healthy:
 
 
 class Operator:
-    """The operator's ``Reconciler`` on a ``LocalKube`` whose processes are ready at once, with the local
-    gateway following the route; every ``tick`` is one second later on the operator's clock."""
+    """The operator's ``run_once`` on a ``LocalKube`` whose processes are ready at once, with the local
+    gateway following the route; every ``tick`` is one second later on the operator's clock, and a tick
+    that fails fails the test."""
 
     def __init__(self) -> None:
         self.factory = FakeFactory(ready_at_once=True)
         self.kube = LocalKube(self.factory, termination_delay=0.0)  # replaced processes leave at the next pass
         provider: MetricProvider = Healthy()
-        self.reconciler = Reconciler(self.kube, lambda spec: provider, OperatorMetrics())
+        self.reconciler = Reconciler(self.kube, lambda spec, deadline: provider, OperatorMetrics())
         self.router = LocalRouter(self.kube, "demo", "iris")
         self.kube.subscribe(self.router.refresh)
         self.now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
     def tick(self) -> ModelDeploymentStatus:
-        body = self.kube.get(API_VERSION, KIND, "demo", "iris")
-        assert body is not None
-        result = self.reconciler.tick(body, self.now)
+        outcome = run_once(self.reconciler, "demo", "iris", TIMINGS, now=self.now)
+        assert outcome.failure is None and outcome.status is not None, outcome.reason
         self.kube.supervise()
         self.now += dt.timedelta(seconds=1)
-        return result.status
+        return outcome.status
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.kube.get("v1" if kind == "Service" else "apps/v1", kind, "demo", name)

@@ -141,6 +141,9 @@ class FakeKube:
 
     def patch_metadata(self, *args: Any) -> None: ...
 
+    def create_event(self, involved: dict[str, Any], reason: str, message: str, warning: bool) -> None:
+        self.calls.append(("event", reason, message))
+
 
 def stable_driver(version: str = "1.0.0") -> Driver:
     """A Driver whose first model is stable and settled."""

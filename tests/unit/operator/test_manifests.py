@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from model_operator.analysis.base import MetricProvider
+from model_operator.deadline import Deadline
 from model_operator.kube import manifests
 from model_operator.kube.manifests import CAPACITY_ANNOTATION, NAME_LABEL, TRACK_LABEL
 from model_operator.metrics import OperatorMetrics
@@ -140,7 +141,7 @@ def test_model_server_pods_drain_before_they_stop() -> None:
     assert rolling["maxUnavailable"] == 0, "a template change never takes a serving pod away before its successor"
 
 
-def no_metrics(spec: ModelDeploymentSpec) -> MetricProvider:
+def no_metrics(spec: ModelDeploymentSpec, deadline: Deadline) -> MetricProvider:
     raise AssertionError("applying queries no metrics")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_operator.analysis.base import MetricProvider
+from model_operator.deadline import Deadline
 from model_operator.kube.manifests import Owner
 from model_operator.metrics import OperatorMetrics
 from model_operator.reconcile import Reconciler
@@ -23,7 +24,7 @@ def spec_on(provider: str, version: str = "2.0.0") -> ModelDeploymentSpec:
     return ModelDeploymentSpec.model_validate({**make_spec(version).wire(), "traffic": {"provider": provider}})
 
 
-def no_metrics(spec: ModelDeploymentSpec) -> MetricProvider:
+def no_metrics(spec: ModelDeploymentSpec, deadline: Deadline) -> MetricProvider:
     raise AssertionError("no analysis is due in these ticks")
 
 
