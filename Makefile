@@ -11,13 +11,21 @@ export RIG_DIR
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+# KServe's Python client for the interoperability tests lives in its own venv: its pins are not ours
+# (tests/support/kserve/venv.py says why); the tests find it through this variable.
+KSERVE_VENV ?= $(VENV)-kserve
+export MODELROLLOUT_KSERVE_VENV := $(abspath $(KSERVE_VENV))
+
 $(BIN)/modelrollout: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[server,operator,dev,demo]'
 	touch $@
 
-install: $(BIN)/modelrollout ## create .venv with the project and all extras
+$(KSERVE_VENV)/modelrollout-requirements.txt: tests/support/kserve/requirements.txt $(BIN)/modelrollout
+	$(BIN)/python -m tests.support.kserve.venv $(KSERVE_VENV)
+
+install: $(BIN)/modelrollout $(KSERVE_VENV)/modelrollout-requirements.txt ## create .venv with the project and all extras, and .venv-kserve
 
 lint: install ## ruff + mypy --strict + hadolint + checkov
 	$(BIN)/ruff check .

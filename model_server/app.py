@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Path, Request
@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_server import oip
+from model_server import binary, oip
 from model_server.dataplane import DataPlane, Prediction
 from model_server.errors import (
     BadRequest,
@@ -40,6 +40,7 @@ from model_server.payloads import PredictSchema
 from model_server.settings import ServerSettings
 
 JSON = "application/json"
+INFER_MEDIA_TYPES = (JSON, binary.OCTET_STREAM)
 log = logging.getLogger(__name__)
 
 
@@ -76,8 +77,16 @@ class BatchPredictResponse(BaseModel):
     request_id: str
 
 
-class Health(BaseModel):
-    status: str
+class Liveness(BaseModel):
+    """Read both ways: ``status`` by status-only clients, ``live`` by KServe's (Triton's reads the 200)."""
+
+    status: Literal["live"]
+    live: bool
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    ready: bool
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -97,11 +106,15 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type=JSON)
 
 
-async def read_json_body(request: Request, limit: int, *, allow_untyped: bool = False) -> bytes:
+async def read_body(
+    request: Request, limit: int, media_types: tuple[str, ...] = (JSON,), *, allow_untyped: bool = False
+) -> bytes:
     """The body, after checking its media type (absent is accepted where ``allow_untyped``) and size."""
     content_type = request.headers.get("content-type", "")
-    if (content_type or not allow_untyped) and content_type.split(";")[0].strip().lower() != JSON:
-        raise UnsupportedMediaType(f"Content-Type must be {JSON}, got {content_type or 'nothing'!r}")
+    if (content_type or not allow_untyped) and content_type.split(";")[0].strip().lower() not in media_types:
+        raise UnsupportedMediaType(
+            f"Content-Type must be {' or '.join(media_types)}, got {content_type or 'nothing'!r}"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -237,7 +250,7 @@ def create_app(plane: DataPlane) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         require_ready()
-        rows, is_batch = schema.parse(await read_json_body(request, settings.max_body_bytes))
+        rows, is_batch = schema.parse(await read_body(request, settings.max_body_bytes))
         prediction = await plane.predict(rows, "instances" if is_batch else None)
         request_id = request.state.request_id
         common = {"model": manifest.name, "version": manifest.version, "request_id": request_id}
@@ -248,27 +261,61 @@ def create_app(plane: DataPlane) -> FastAPI:
     async def infer_impl(request: Request, name: str, version: str | None) -> Response:
         require_model(name, version)
         require_ready()
-        body = await read_json_body(request, settings.max_body_bytes, allow_untyped=True)  # OIP clients omit it
-        if "inference-header-content-length" in request.headers:
-            raise BadRequest("the binary tensor extension is not supported; send JSON tensors (binary_data=False)")
+        # OIP clients omit the type (Triton's) or send binary tensors as octet-stream (KServe's)
+        body = await read_body(request, settings.max_body_bytes, INFER_MEDIA_TYPES, allow_untyped=True)
+        header, raw = binary.split(body, request.headers.get(binary.HEADER))
         try:
-            infer = infer_adapter.model_validate_json(body)
+            infer = infer_adapter.model_validate_json(header)
         except ValidationError as exc:
             raise _oip_validation_error(exc) from None
+        asked_version = oip.check_target(infer, name, version)
+        if asked_version != version:
+            require_model(name, asked_version)
         outputs = oip.requested_outputs(infer)
-        matrix = oip.to_matrix(infer, manifest, settings.max_batch_rows)
+        as_binary = oip.binary_outputs(infer)
+        matrix = oip.to_matrix(infer, manifest, settings.max_batch_rows, raw)
         prediction = await plane.predict(matrix, "rows")
-        return json_response(oip.to_response(manifest, infer.id or request.state.request_id, prediction, outputs))
+        request_id = infer.id or request.state.request_id
+        if not as_binary:
+            return json_response(oip.to_response(manifest, request_id, prediction, outputs))
+        content, json_length = oip.to_binary_response(manifest, request_id, prediction, outputs, as_binary)
+        return Response(content, media_type=binary.OCTET_STREAM, headers={binary.HEADER: str(json_length)})
 
     infer_docs: dict[str, Any] = {
         "tags": ["oip"],
         "openapi_extra": {
+            "parameters": [
+                {
+                    "name": binary.HEADER_TITLE,
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "Binary tensor extension: the JSON header's length; binary tensors follow it",
+                }
+            ],
             "requestBody": {
                 "required": True,
-                "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
-            }
+                "content": {
+                    JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                    binary.OCTET_STREAM: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "An InferenceRequest, then its inputs' binary data",
+                        }
+                    },
+                },
+            },
         },
-        "responses": {200: {"model": oip.InferenceResponse}, **ERROR_RESPONSES},
+        "responses": {
+            200: {
+                "model": oip.InferenceResponse,
+                "content": {binary.OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+                "description": "JSON, or JSON then binary outputs when they were asked for",
+            },
+            **ERROR_RESPONSES,
+            415: {"model": ErrorResponse, "description": f"Content-Type is neither {JSON} nor {binary.OCTET_STREAM}"},
+        },
     }
 
     @app.post("/v2/models/{model_name}/infer", summary="OIP inference", **infer_docs)
@@ -302,18 +349,20 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.get("/v2", tags=["oip"])
     async def server_metadata() -> Response:
-        return json_response({"name": "modelrollout-model-server", "version": "0.1.0", "extensions": []})
+        return json_response(
+            {"name": "modelrollout-model-server", "version": "0.1.0", "extensions": [binary.EXTENSION]}
+        )
 
-    @app.get("/health/live", response_model=Health, tags=["health"])
-    @app.get("/v2/health/live", response_model=Health, tags=["oip"])
+    @app.get("/health/live", response_model=Liveness, tags=["health"])
+    @app.get("/v2/health/live", response_model=Liveness, tags=["oip"])
     async def live() -> Response:
-        return json_response({"status": "live"})
+        return json_response({"status": "live", "live": True})
 
-    @app.get("/health/ready", response_model=Health, tags=["health"], responses={503: ERROR_RESPONSES[503]})
-    @app.get("/v2/health/ready", response_model=Health, tags=["oip"], responses={503: ERROR_RESPONSES[503]})
+    @app.get("/health/ready", response_model=Readiness, tags=["health"], responses={503: ERROR_RESPONSES[503]})
+    @app.get("/v2/health/ready", response_model=Readiness, tags=["oip"], responses={503: ERROR_RESPONSES[503]})
     async def ready() -> Response:
         require_ready()
-        return json_response({"status": "ready"})
+        return json_response({"status": "ready", "ready": True})
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:

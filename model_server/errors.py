@@ -1,10 +1,11 @@
 """Errors that become HTTP responses, mapped to status codes in one place (``app.install_error_handlers``).
 
 ServerError                  → its ``status``
-├── BadRequest               → 400  body is not JSON / not the right shape to start with
+├── BadRequest               → 400  body is not JSON / not the right shape to start with / its
+│                                   binary framing is wrong / names another model than the path
 ├── NotFound                 → 404  unknown model name or version
 ├── PayloadTooLarge          → 413  body above ``max_body_bytes``
-├── UnsupportedMediaType     → 415  not ``application/json``
+├── UnsupportedMediaType     → 415  not ``application/json`` (``/v2`` infer: nor ``application/octet-stream``)
 ├── InvalidInput             → 422  a field is missing, extra, of the wrong type or not finite
 ├── NotReady                 → 503  model not loaded yet / shutting down
 └── InjectedFault            → 500  TEST ONLY fault injection
