@@ -30,7 +30,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model_operator.kube.manifests import TRACK_LABEL
 from tests.support.gateway_load import GatewayLoad
-from tests.support.platform import ANALYSIS, Bundle, Platform, model_deployment, models_namespace, train_bundles
+from tests.support.platform import (
+    ANALYSIS,
+    Bundle,
+    Platform,
+    model_deployment,
+    model_deployment_status,
+    models_namespace,
+    train_bundles,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -149,10 +157,7 @@ class Rollout:
         self.platform.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def status(self) -> dict[str, Any]:
-        body = k8s.CustomObjectsApi(self.platform.cluster.api_client).get_namespaced_custom_object(
-            "modelrollout.io", "v1alpha1", self.team.namespace, "modeldeployments", NAME
-        )
-        status: dict[str, Any] = body.get("status") or {}
+        status = model_deployment_status(self.platform.cluster, self.team.namespace, NAME)
         for result in status.get("analysis") or []:
             self.results[(result["time"], result["check"])] = result
         return status

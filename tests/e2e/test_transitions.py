@@ -32,6 +32,7 @@ from tests.support.platform import (
     Bundle,
     Platform,
     model_deployment,
+    model_deployment_status,
     models_namespace,
     train_bundles,
 )
@@ -71,11 +72,7 @@ class Story:
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def status(self) -> dict[str, Any]:
-        body = k8s.CustomObjectsApi(self.cluster.api_client).get_namespaced_custom_object(
-            "modelrollout.io", "v1alpha1", MODELS, "modeldeployments", NAME
-        )
-        status: dict[str, Any] = body.get("status") or {}
-        return status
+        return model_deployment_status(self.cluster, MODELS, NAME)
 
     def wait_for(self, what: str, timeout: float, **expected: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

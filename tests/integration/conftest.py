@@ -15,6 +15,7 @@ import pytest
 
 from tests.rig import Cluster, Prometheus
 from tests.support.rig_session import add_logs_section, namespace_for_test, start_piece, summarize_logs
+from tests.support.servers import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,15 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, rig_log_dir: Path) -> I
 
 
 RIG_FIXTURES = {"cluster", "prometheus", "rig_log_dir"}
+
+
+@pytest.fixture(scope="module")
+def iris(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One stable iris server for the read-mostly tests of a module."""
+    log = tmp_path_factory.mktemp("iris-server") / "server.log"
+    server = ServerProcess(f"file://{bundles['iris-v1']}", log, ("--max-batch-rows", "50")).start()
+    yield server
+    server.stop()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -42,15 +42,6 @@ def total(base_url: str, name: str, **labels: str) -> float:
     return sum(value for found, value in samples(base_url, name) if labels.items() <= found.items())
 
 
-@pytest.fixture(scope="module")
-def iris(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One stable iris server for the read-mostly tests of this module."""
-    log = tmp_path_factory.mktemp("iris-server") / "server.log"
-    server = ServerProcess(f"file://{bundles['iris-v1']}", log, ("--max-batch-rows", "50")).start()
-    yield server
-    server.stop()
-
-
 def test_single_row_and_batch(iris: ServerProcess) -> None:
     response = httpx.post(f"{iris.url}/predict", json=ROW, headers={"X-Request-ID": "abc-123"})
     assert response.status_code == 200

@@ -13,7 +13,6 @@ import json
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,14 +42,6 @@ TENSOR = {"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": ROWS.r
 
 
 @pytest.fixture(scope="module")
-def server(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("oip-server") / "server.log"
-    process = ServerProcess(f"file://{bundles['iris-v1']}", log, ("--max-batch-rows", "50")).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
 def kserve() -> Iterator[KServeWorker]:
     worker = KServeWorker()
     yield worker
@@ -58,10 +49,10 @@ def kserve() -> Iterator[KServeWorker]:
 
 
 @pytest.fixture(scope="module")
-def triton(server: ServerProcess) -> Any:
+def triton(iris: ServerProcess) -> Any:
     import tritonclient.http as triton_http
 
-    client = triton_http.InferenceServerClient(url=server.url.removeprefix("http://"))
+    client = triton_http.InferenceServerClient(url=iris.url.removeprefix("http://"))
     yield client
     client.close()
 
@@ -111,32 +102,32 @@ def decode_response(response: httpx.Response) -> dict[str, np.ndarray | list[str
 # ---- the three clients as the issue met them -------------------------------------------------------------
 
 
-def test_health_reads_true_in_every_client(server: ServerProcess, kserve: KServeWorker, triton: Any) -> None:
-    assert kserve.call("live", url=server.url) is True
-    assert kserve.call("ready", url=server.url) is True
-    assert kserve.call("model_ready", url=server.url, model="iris") is True
+def test_health_reads_true_in_every_client(iris: ServerProcess, kserve: KServeWorker, triton: Any) -> None:
+    assert kserve.call("live", url=iris.url) is True
+    assert kserve.call("ready", url=iris.url) is True
+    assert kserve.call("model_ready", url=iris.url, model="iris") is True
     assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready("iris")
     for prefix in ("", "/v2"):  # and whoever reads only `status` still finds it
-        assert httpx.get(f"{server.url}{prefix}/health/live").json() == {"status": "live", "live": True}
-        assert httpx.get(f"{server.url}{prefix}/health/ready").json() == {"status": "ready", "ready": True}
-    assert "binary_tensor_data" in httpx.get(f"{server.url}/v2").json()["extensions"]
+        assert httpx.get(f"{iris.url}{prefix}/health/live").json() == {"status": "live", "live": True}
+        assert httpx.get(f"{iris.url}{prefix}/health/ready").json() == {"status": "ready", "ready": True}
+    assert "binary_tensor_data" in httpx.get(f"{iris.url}/v2").json()["extensions"]
 
 
 @pytest.mark.parametrize("binary_inputs", [True, False])
 @pytest.mark.parametrize("binary_outputs", [True, False, None])
 def test_kserve_client_infers(
-    server: ServerProcess, kserve: KServeWorker, binary_inputs: bool, binary_outputs: bool | None
+    iris: ServerProcess, kserve: KServeWorker, binary_inputs: bool, binary_outputs: bool | None
 ) -> None:
     """KServe's client: model_name in the body; binary inputs as octet-stream; binary outputs on request."""
     result = kserve.call(
         "infer",
-        url=server.url,
+        url=iris.url,
         model="iris",
         id="kserve-1",
         inputs=[{**TENSOR, "datatype": "FP32", "binary": binary_inputs}],
         parameters=None if binary_outputs is None else {"binary_data_output": binary_outputs},
     )
-    labels, probabilities = reference(server.url, ROWS.astype(np.float32))
+    labels, probabilities = reference(iris.url, ROWS.astype(np.float32))
     assert result["model_name"] == "iris" and result["id"] == "kserve-1"
     assert result["outputs"]["predict"]["data"] == labels == ["setosa", "virginica"]
     assert np.allclose(
@@ -147,23 +138,23 @@ def test_kserve_client_infers(
     assert result["headers"]["content-type"] == ("application/octet-stream" if binary_outputs else "application/json")
 
 
-def test_kserve_client_gets_a_4xx_naming_the_field(server: ServerProcess, kserve: KServeWorker) -> None:
+def test_kserve_client_gets_a_4xx_naming_the_field(iris: ServerProcess, kserve: KServeWorker) -> None:
     nan = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, float("nan"), 0.2]}
     with pytest.raises(KServeError, match=r"inputs\[0\]\.data: values must be finite") as caught:
-        kserve.call("infer", url=server.url, model="iris", inputs=[{**nan, "binary": True}])
+        kserve.call("infer", url=iris.url, model="iris", inputs=[{**nan, "binary": True}])
     assert caught.value.status == 422
     with pytest.raises(KServeError, match="serves 'iris'") as caught:
-        kserve.call("infer", url=server.url, model="wine", inputs=[{**nan, "binary": True}])
+        kserve.call("infer", url=iris.url, model="wine", inputs=[{**nan, "binary": True}])
     assert caught.value.status == 404
 
 
-def test_triton_client_binary_by_default(server: ServerProcess, triton: Any) -> None:
+def test_triton_client_binary_by_default(iris: ServerProcess, triton: Any) -> None:
     """tritonclient's defaults: binary inputs, and binary outputs for every output not asked otherwise."""
     import tritonclient.http as triton_http
 
     tensor = triton_http.InferInput("input-0", [2, 4], "FP32")
     tensor.set_data_from_numpy(ROWS.astype(np.float32))  # binary_data=True
-    labels, probabilities = reference(server.url, ROWS.astype(np.float32))
+    labels, probabilities = reference(iris.url, ROWS.astype(np.float32))
     for outputs in (
         None,
         [
@@ -181,9 +172,7 @@ def test_triton_client_binary_by_default(server: ServerProcess, triton: Any) -> 
         column = triton_http.InferInput(FEATURES[i], [2], "FP64")
         column.set_data_from_numpy(ROWS[:, i].copy(), binary_data=i % 2 == 0)
         inputs.append(column)
-    assert np.allclose(
-        triton.infer("iris", inputs).as_numpy("predict_proba"), reference(server.url, ROWS)[1], atol=1e-12
-    )
+    assert np.allclose(triton.infer("iris", inputs).as_numpy("predict_proba"), reference(iris.url, ROWS)[1], atol=1e-12)
     bad = triton_http.InferInput("input-0", [1, 4], "FP32")
     bad.set_data_from_numpy(np.array([[1, 2, 3, np.inf]], dtype=np.float32))
     with pytest.raises(triton_http.InferenceServerException, match=r"inputs\[0\]\.data: values must be finite"):
@@ -208,9 +197,9 @@ def test_triton_client_binary_by_default(server: ServerProcess, triton: Any) -> 
     ],
 )
 def test_model_name_and_version_in_the_body(
-    server: ServerProcess, path: str, body: dict[str, str], status: int, named: str | None
+    iris: ServerProcess, path: str, body: dict[str, str], status: int, named: str | None
 ) -> None:
-    response = httpx.post(f"{server.url}{path}", json={**body, "inputs": [TENSOR]})
+    response = httpx.post(f"{iris.url}{path}", json={**body, "inputs": [TENSOR]})
     assert response.status_code == status, response.text
     if named is not None:
         error = response.json()
@@ -219,7 +208,7 @@ def test_model_name_and_version_in_the_body(
 
 
 @pytest.mark.parametrize("content_type", ["application/octet-stream", None, "application/json"])
-def test_a_hand_made_binary_request(server: ServerProcess, content_type: str | None) -> None:
+def test_a_hand_made_binary_request(iris: ServerProcess, content_type: str | None) -> None:
     """JSON header + little-endian tensors, in input order; the Content-Type does not decide, the header does."""
     header = {
         "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
@@ -231,11 +220,11 @@ def test_a_hand_made_binary_request(server: ServerProcess, content_type: str | N
         del headers["Content-Type"]
     else:
         headers["Content-Type"] = content_type
-    response = httpx.post(f"{server.url}/v2/models/iris/infer", content=body, headers=headers)
+    response = httpx.post(f"{iris.url}/v2/models/iris/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream"
     outputs = decode_response(response)
-    labels, probabilities = reference(server.url, ROWS[1:].astype(np.float32))
+    labels, probabilities = reference(iris.url, ROWS[1:].astype(np.float32))
     assert outputs["predict"] == labels == ["virginica"]
     assert np.allclose(outputs["predict_proba"], probabilities, rtol=0, atol=1e-12)
 
@@ -285,7 +274,7 @@ NOT_BOOL = {"name": "predict", "parameters": {"binary_data": "yes"}}
     ],
 )  # fmt: skip
 def test_binary_mistakes_are_a_4xx_naming_the_field(
-    server: ServerProcess,
+    iris: ServerProcess,
     header: dict[str, Any],
     tensors: list[bytes],
     declared: str | None,
@@ -295,7 +284,7 @@ def test_binary_mistakes_are_a_4xx_naming_the_field(
     body, headers = binary_request(header, *tensors)
     if declared is not None:
         headers[HEADER] = declared
-    response = httpx.post(f"{server.url}/v2/models/iris/infer", content=body, headers=headers)
+    response = httpx.post(f"{iris.url}/v2/models/iris/infer", content=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()
     assert error["error"] and error["request_id"] == response.headers["x-request-id"]
@@ -303,8 +292,8 @@ def test_binary_mistakes_are_a_4xx_naming_the_field(
         assert field in [d["field"] for d in error["detail"]], error
 
 
-def test_other_media_types_are_415(server: ServerProcess) -> None:
-    response = httpx.post(f"{server.url}/v2/models/iris/infer", content=b"{}", headers={"Content-Type": "text/plain"})
+def test_other_media_types_are_415(iris: ServerProcess) -> None:
+    response = httpx.post(f"{iris.url}/v2/models/iris/infer", content=b"{}", headers={"Content-Type": "text/plain"})
     assert response.status_code == 415
     assert "application/json or application/octet-stream" in response.json()["error"]
 
@@ -424,18 +413,18 @@ def infer_with_httpx(url: str, case: Case) -> dict[str, Any]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_every_client_request_for_valid_data_gets_the_json_paths_predictions(
-    server: ServerProcess, kserve: KServeWorker, triton: Any, case: Case
+    iris: ServerProcess, kserve: KServeWorker, triton: Any, case: Case
 ) -> None:
     event(f"{case.client}, {'binary' if any(case.binary_inputs) else 'JSON'} inputs")
     if case.client == "triton":
         outputs = infer_with_triton(triton, case)
     elif case.client == "kserve":
-        outputs = infer_with_kserve(kserve, server.url, case)
+        outputs = infer_with_kserve(kserve, iris.url, case)
     else:
-        outputs = infer_with_httpx(server.url, case)
+        outputs = infer_with_httpx(iris.url, case)
     wanted = ["predict", "predict_proba"] if case.outputs is None else [name for name, _ in case.outputs]
     assert sorted(outputs) == sorted(wanted)
-    labels, probabilities = reference(server.url, case.rows.astype(np.float64))
+    labels, probabilities = reference(iris.url, case.rows.astype(np.float64))
     if "predict" in outputs:
         got = [x.decode() if isinstance(x, bytes) else str(x) for x in np.ravel(outputs["predict"])]
         assert got == labels

@@ -224,6 +224,15 @@ def model_deployment(
     }
 
 
+def model_deployment_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The ModelDeployment's ``.status`` as stored on the API server (empty before the first tick)."""
+    body = k8s.CustomObjectsApi(cluster.api_client).get_namespaced_custom_object(
+        "modelrollout.io", "v1alpha1", namespace, "modeldeployments", name
+    )
+    status: dict[str, Any] = body.get("status") or {}
+    return status
+
+
 def discover_model_servers(cluster: Cluster, prometheus: Prometheus, namespace: str) -> None:
     """Point Prometheus at the PodMonitors the chart installed in ``namespace``: Kubernetes service discovery
     with their relabelling, as the Prometheus Operator would configure it, under an account that may only
